@@ -1,0 +1,296 @@
+"""Prunable channel groups of a CNN, found with Torch-Pruning's dependency graph and verified.
+
+A *channel group* is a set of channels that must be removed together: the output channels of the
+layer that produces them, the BatchNorm that normalises them, and the input channels of every layer
+that consumes them (an input column block of a Linear after a flatten, the channels of a depthwise
+conv in between, both branches of a residual add). Torch-Pruning's graph is the one source of truth
+for what is coupled; each group is then checked once, because the graph is silently wrong on ops it
+does not know (the CIFAR ResNet zero-pad shortcut): a physically pruned copy must equal a copy whose
+removed channels are masked. Groups that fail are excluded with a warning.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Sequence
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+ItemKind = Literal["out", "in", "norm"]
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+_LAYERS = (nn.Conv2d, nn.Linear)
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """True for a conv whose every input channel has its own filter (groups == in == out > 1)."""
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.groups > 1
+        and module.groups == module.in_channels == module.out_channels
+    )
+
+
+@dataclass
+class GroupItem:
+    """One coupled dimension of a group: a module and the indices it loses per root channel.
+
+    `idxs[j]` is removed whenever root channel `root_idxs[j]` is removed. A Linear after a flatten has
+    H*W input features per channel, so its item holds H*W indices per root channel.
+    """
+
+    module: str
+    kind: ItemKind
+    handler: Callable[[nn.Module, list[int]], nn.Module]
+    idxs: list[int]
+    root_idxs: list[int]
+
+    def removed(self, root_removed: set[int]) -> list[int]:
+        """Indices of this item removed when the root channels `root_removed` are removed."""
+        return [i for i, r in zip(self.idxs, self.root_idxs) if r in root_removed]
+
+    @property
+    def per_channel(self) -> int:
+        """Indices of this item per root channel (1, or H*W for a Linear after a flatten)."""
+        return len(self.idxs) // len(set(self.root_idxs))
+
+
+@dataclass
+class LayerInfo:
+    """Static description of a conv or Linear layer, measured on one forward pass.
+
+    Shapes are per image: `in_hw` and `out_hw` are (H, W) of the input and output feature maps
+    ((1, 1) for Linear). `order` is the position in execution order.
+    """
+
+    name: str
+    order: int
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    groups: int
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+
+
+@dataclass
+class ChannelGroup:
+    """A verified set of coupled channels, named by the module that produces them.
+
+    `channels` is the number of prunable channels; a policy keeps between `min_keep` and `channels`.
+    `consumer` is the single conv/Linear reading these channels, when there is exactly one that reads
+    nothing else: the layer a least-squares refit can reconstruct.
+    """
+
+    name: str
+    channels: int
+    items: list[GroupItem]
+    min_keep: int = 1
+    consumer: str | None = None
+    layers: list[str] = field(default_factory=list)
+
+    def removed_by_module(self, keep: torch.Tensor) -> dict[tuple[str, ItemKind], list[int]]:
+        """Indices each item loses when only root channels `keep` (1-D long tensor) are kept."""
+        root_removed = set(range(self.channels)) - set(keep.tolist())
+        return {(it.module, it.kind): it.removed(root_removed) for it in self.items}
+
+
+def trace_layers(model: nn.Module, example: torch.Tensor) -> dict[str, LayerInfo]:
+    """Run one forward pass and describe every Conv2d and Linear layer in execution order."""
+    infos: dict[str, LayerInfo] = {}
+    handles = []
+
+    def hook(name: str) -> Callable:
+        def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            if name in infos:
+                return
+            x = inputs[0]
+            if isinstance(module, nn.Conv2d):
+                infos[name] = LayerInfo(
+                    name, len(infos), module.in_channels, module.out_channels, module.kernel_size[0],
+                    module.stride[0], module.groups, tuple(x.shape[-2:]), tuple(output.shape[-2:]),
+                )
+            else:
+                infos[name] = LayerInfo(
+                    name, len(infos), module.in_features, module.out_features, 1, 1, 1, (1, 1), (1, 1)
+                )
+        return record
+
+    for name, module in model.named_modules():
+        if isinstance(module, _LAYERS):
+            handles.append(module.register_forward_hook(hook(name)))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return infos
+
+
+def _module_names(model: nn.Module) -> dict[nn.Module, str]:
+    return {m: n for n, m in model.named_modules()}
+
+
+def prune_(model: nn.Module, groups: Sequence[ChannelGroup], keep: dict[str, torch.Tensor]) -> nn.Module:
+    """Physically remove, in place, the channels not in `keep[group.name]`; returns `model`.
+
+    `keep` maps group names to 1-D long tensors of kept root channel indices; groups absent from it
+    are left whole. All indices refer to the original model, so removals are merged per module and
+    applied once (pruning one group must not shift the indices of another on a shared layer).
+    Pruning replaces Parameter objects: build optimizers afterwards.
+    """
+    modules = dict(model.named_modules())
+    removals: dict[tuple[str, Callable], set[int]] = defaultdict(set)
+    for group in groups:
+        if group.name not in keep:
+            continue
+        root_removed = set(range(group.channels)) - set(keep[group.name].tolist())
+        for item in group.items:
+            removals[(item.module, item.handler)].update(item.removed(root_removed))
+    for (name, handler), idxs in removals.items():
+        if idxs:
+            handler(modules[name], sorted(idxs))
+    return model
+
+
+def prune_copy(model: nn.Module, groups: Sequence[ChannelGroup], keep: dict[str, torch.Tensor]) -> nn.Module:
+    """A deep copy of `model` with the channels not in `keep` physically removed (see `prune_`)."""
+    return prune_(copy.deepcopy(model), groups, keep)
+
+
+def mask_copy(model: nn.Module, groups: Sequence[ChannelGroup], keep: dict[str, torch.Tensor]) -> nn.Module:
+    """A deep copy of `model` in which removed channels are zeroed where they are consumed.
+
+    Zeroing the input weights of every consuming conv/Linear makes the removed channels invisible to
+    the rest of the network, which is exactly what physical removal must reproduce.
+    """
+    masked = copy.deepcopy(model)
+    modules = dict(masked.named_modules())
+    with torch.no_grad():
+        for group in groups:
+            if group.name not in keep:
+                continue
+            for (name, kind), idxs in group.removed_by_module(keep[group.name]).items():
+                module = modules[name]
+                if kind == "in" and idxs:
+                    module.weight[:, idxs] = 0.0
+    return masked
+
+
+def _classify(dg: tp.DependencyGraph, module: nn.Module, handler: Callable) -> ItemKind | None:
+    """Item kind of a (module, handler) pair, or None for an unsupported module type."""
+    if isinstance(module, _NORMS):
+        return "norm"
+    if is_depthwise(module):
+        return "out"
+    if isinstance(module, _LAYERS):
+        return "out" if dg.is_out_channel_pruning_fn(handler) else "in"
+    return None
+
+
+def _build_group(
+    dg: tp.DependencyGraph, tp_group: tp.Group, names: dict[nn.Module, str], layers: dict[str, LayerInfo]
+) -> ChannelGroup | str:
+    """Turn a Torch-Pruning group into a ChannelGroup, or return why it is not supported."""
+    root = tp_group[0].dep.target.module
+    channels = len(tp_group[0].idxs)
+    items: list[GroupItem] = []
+    for tp_item in tp_group.items:
+        dep, module = tp_item.dep, tp_item.dep.target.module
+        if isinstance(module, nn.Parameter):
+            return "it touches a bare nn.Parameter"
+        if module not in names:
+            continue  # a functional op (add, cat, flatten): nothing to prune in the module tree
+        kind = _classify(dg, module, dep.handler)
+        if kind is None:
+            if any(True for _ in module.parameters(recurse=False)):
+                return f"it touches {type(module).__name__} {names[module]}, which amc cannot prune"
+            continue
+        if isinstance(module, nn.Conv2d) and module.groups > 1 and not is_depthwise(module):
+            return f"it touches grouped conv {names[module]}"
+        items.append(GroupItem(names[module], kind, dep.handler, list(tp_item.idxs), list(tp_item.root_idxs)))
+    consumers = [it.module for it in items if it.kind == "in"]
+    producers = [it.module for it in items if it.kind == "out" and not is_depthwise(dg.model.get_submodule(it.module))]
+    consumer = None
+    if len(consumers) == 1:
+        c = consumers[0]
+        # a refit needs the consumer's whole input to be this group's channels
+        if layers[c].in_channels == channels * next(it.per_channel for it in items if it.module == c):
+            consumer = c
+    depthwise = any(is_depthwise(dg.model.get_submodule(it.module)) for it in items)
+    touched = sorted({it.module for it in items if it.module in layers}, key=lambda n: layers[n].order)
+    return ChannelGroup(
+        name=names[root] if root in names else producers[0],
+        channels=channels,
+        items=items,
+        min_keep=min(2 if depthwise else 1, channels),
+        consumer=consumer,
+        layers=touched,
+    )
+
+
+def verify_group(model: nn.Module, group: ChannelGroup, example: torch.Tensor) -> str | None:
+    """Check that pruning `group` physically equals masking it; return why not, or None if it does.
+
+    Every other channel is removed (at least `min_keep` kept). `example` is a small input batch.
+    """
+    keep = {group.name: torch.arange(0, group.channels, 2)}
+    if len(keep[group.name]) < group.min_keep:
+        keep[group.name] = torch.arange(group.min_keep)
+    try:
+        pruned = prune_copy(model, [group], keep)
+        with torch.no_grad():
+            got = pruned(example)
+            want = mask_copy(model, [group], keep)(example)
+    except Exception as exc:  # a wrongly coupled group breaks shapes: that is the failure we look for
+        return f"the pruned copy fails ({type(exc).__name__}: {exc})"
+    if got.shape != want.shape:
+        return f"the pruned copy's output has shape {tuple(got.shape)} instead of {tuple(want.shape)}"
+    err = (got - want).abs().max().item()
+    if not err <= 1e-4 * (1.0 + want.abs().max().item()):
+        return f"the pruned copy differs from the masked original by {err:.3g}"
+    return None
+
+
+def find_groups(
+    model: nn.Module,
+    example: torch.Tensor,
+    *,
+    ignored: Sequence[str] = (),
+    verify: bool = True,
+) -> tuple[list[ChannelGroup], dict[str, LayerInfo]]:
+    """Find the prunable channel groups of `model`, verified, in execution order.
+
+    `example` is an input batch (e.g. [4, 3, 32, 32]); the layer producing the network's output and
+    the modules named in `ignored` are never pruned. Returns the groups and the traced layer table.
+    Groups that fail verification are excluded with a warning naming the reason.
+    """
+    model.eval()
+    layers = trace_layers(model, example)
+    if not layers:
+        raise ValueError("the model has no Conv2d or Linear layer to prune")
+    output_layer = max(layers.values(), key=lambda info: info.order).name
+    skip = [model.get_submodule(n) for n in (output_layer, *ignored)]
+    names = _module_names(model)
+    with torch.enable_grad():
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example[:1], verbose=False)
+    groups: list[ChannelGroup] = []
+    for tp_group in dg.get_all_groups(ignored_layers=skip, root_module_types=_LAYERS):
+        built = _build_group(dg, tp_group, names, layers)
+        if isinstance(built, str):
+            warnings.warn(f"channel group {names.get(tp_group[0].dep.target.module)} excluded: {built}")
+            continue
+        reason = verify_group(model, built, example) if verify else None
+        if reason is not None:
+            warnings.warn(f"channel group {built.name} excluded: {reason}")
+            continue
+        groups.append(built)
+    model.eval()
+    groups.sort(key=lambda g: layers[g.name].order if g.name in layers else len(layers))
+    return groups, layers

@@ -1,0 +1,119 @@
+"""The channel-pruning engine: one trained model analysed once, then pruned to any channel counts.
+
+`ChannelPruner` holds what every policy needs: the verified groups, the exact cost model, each
+group's channel ranking and (after `calibrate`) the Gram matrices for least-squares reconstruction.
+`prune` turns kept channel counts into a physically smaller model with re-fitted consumers.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Iterable, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from amc.flops import CostModel
+from amc.groups import ChannelGroup, find_groups, prune_
+from amc.reconstruct import collect_grams, refit
+
+Importance = Literal["l1", "l2", "bn"]
+IMPORTANCES: tuple[str, ...] = ("l1", "l2", "bn")
+
+
+def channel_importance(model: nn.Module, group: ChannelGroup, method: Importance = "l1") -> torch.Tensor:
+    """Importance of each root channel of `group`, shape [channels].
+
+    `l1` / `l2`: norm of the consuming layers' weights over the channel (AMC's default is l1);
+    `bn`: absolute BatchNorm scale of the channel.
+    """
+    modules = dict(model.named_modules())
+    score = torch.zeros(group.channels, dtype=torch.float64)
+    wanted = "norm" if method == "bn" else "in"
+    for item in group.items:
+        if item.kind != wanted:
+            continue
+        weight = modules[item.module].weight.detach().double()
+        for idx, root in zip(item.idxs, item.root_idxs):
+            w = weight[idx] if method == "bn" else weight[:, idx]
+            score[root] += w.abs().sum() if method != "l2" else w.pow(2).sum()
+    return score
+
+
+class ChannelPruner:
+    """Analyse `model` once (groups, MAC/param model, channel ranking); prune it to any counts.
+
+    `input_shape` is one input's (C, H, W). `importance` picks how channels are ranked.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_shape: Sequence[int],
+        *,
+        importance: Importance = "l1",
+        ignored: Sequence[str] = (),
+    ) -> None:
+        if importance not in IMPORTANCES:
+            raise ValueError(f"unknown channel importance {importance!r}; choose one of {IMPORTANCES}")
+        self.model = model.eval()
+        self.input_shape = tuple(int(d) for d in input_shape)
+        example = torch.randn(4, *self.input_shape, generator=torch.Generator().manual_seed(0))
+        self.groups, self.layers = find_groups(model, example, ignored=ignored)
+        self.cost = CostModel(model, self.groups, self.layers)
+        self.ranking = {
+            g.name: torch.argsort(channel_importance(model, g, importance), descending=True, stable=True)
+            for g in self.groups
+        }
+        self.grams: dict[str, torch.Tensor] = {}
+
+    @property
+    def names(self) -> list[str]:
+        """Group names, in execution order."""
+        return [g.name for g in self.groups]
+
+    @property
+    def channels(self) -> np.ndarray:
+        """Channels of every group in the unpruned model, shape [G]."""
+        return self.cost.full
+
+    def calibrate(self, batches: Iterable[torch.Tensor], *, positions: int = 10, seed: int = 0) -> None:
+        """Collect the reconstruction statistics of every refittable consumer on calibration batches
+        (normalized float inputs from the TRAIN split)."""
+        consumers = [g.consumer for g in self.groups if g.consumer is not None]
+        self.grams = collect_grams(self.model, consumers, batches, positions=positions, seed=seed)
+
+    def keep_indices(self, counts: Mapping[str, int]) -> dict[str, torch.Tensor]:
+        """The `counts[name]` highest-ranked channels of each group, as sorted index tensors."""
+        return {name: self.ranking[name][: int(n)].sort().values for name, n in counts.items()}
+
+    def prune(self, keep: Mapping[str, torch.Tensor], *, reconstruct: bool = True) -> nn.Module:
+        """A physically pruned copy keeping channels `keep[name]` (sorted root indices) per group.
+
+        With `reconstruct`, each group's consumer is re-fitted by least squares first (needs
+        `calibrate`); groups absent from `keep` stay whole.
+        """
+        if reconstruct and not self.grams:
+            raise RuntimeError("call calibrate() before pruning with reconstruction")
+        pruned = copy.deepcopy(self.model)
+        if reconstruct:
+            self._refit_consumers(pruned, keep)
+        return prune_(pruned, self.groups, dict(keep))
+
+    def _refit_consumers(self, model: nn.Module, keep: Mapping[str, torch.Tensor]) -> None:
+        modules = dict(model.named_modules())
+        for group in self.groups:
+            if group.consumer is None or group.name not in keep or len(keep[group.name]) == group.channels:
+                continue
+            layer = modules[group.consumer]
+            item = next(it for it in group.items if it.module == group.consumer)
+            kept = set(keep[group.name].tolist())
+            kept_in = torch.tensor(sorted(i for i, r in zip(item.idxs, item.root_idxs) if r in kept))
+            block = layer.weight[0, 0].numel()  # k*k input features per channel of a conv, 1 for Linear
+            cols = (kept_in[:, None] * block + torch.arange(block)).reshape(-1)
+            flat = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+            with torch.no_grad():
+                new = flat.clone()
+                new[:, cols] = refit(flat, self.grams[group.consumer], cols)
+                layer.weight.copy_(new.reshape(layer.weight.shape))

@@ -1,0 +1,86 @@
+"""Least-squares reconstruction of the layer that consumes a pruned channel group.
+
+On calibration images, the ORIGINAL network's input X to each consumer is sampled (a k x k conv's
+input is unfolded, so each row is one output position's receptive field: C * k * k features) and its
+Gram matrix G = X^T X is accumulated. Because the consumer's original output is Y = X W^T, the refit of
+the weights W' restricted to the kept input columns S,
+    min ||X[:, S] W'^T - X W^T||,
+is the solution of G[S, S] W'^T = G[S, :] W^T. Only G is stored: no features, no outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _rows(module: nn.Module, x: torch.Tensor, positions: int, generator: torch.Generator) -> torch.Tensor:
+    """Sampled input rows of a consumer: [B * positions, C*k*k] for a conv, [B, in] for a Linear."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)  # [B, D, L]
+    batch, dim, length = cols.shape
+    if positions < length:
+        pick = torch.randint(length, (batch, positions), generator=generator)
+        cols = torch.gather(cols, 2, pick.unsqueeze(1).expand(batch, dim, positions))
+    return cols.transpose(1, 2).reshape(-1, dim)
+
+
+def collect_grams(
+    model: nn.Module,
+    consumers: Iterable[str],
+    batches: Iterable[torch.Tensor],
+    *,
+    positions: int = 10,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Gram matrices G = X^T X (float64, [D, D]) of the inputs of the named conv/Linear layers.
+
+    `batches` yields normalized input batches of the calibration images; `positions` output positions
+    are sampled per image and conv layer (the reference uses 10).
+    """
+    modules = dict(model.named_modules())
+    grams: dict[str, torch.Tensor] = {}
+    generator = torch.Generator().manual_seed(seed)
+
+    def hook(name: str):
+        def accumulate(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            rows = _rows(module, inputs[0], positions, generator).double()
+            gram = rows.T @ rows
+            grams[name] = grams[name] + gram if name in grams else gram
+        return accumulate
+
+    handles = [modules[name].register_forward_hook(hook(name)) for name in consumers]
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return grams
+
+
+def refit(weight: torch.Tensor, gram: torch.Tensor, keep_cols: torch.Tensor) -> torch.Tensor:
+    """Least-squares weights over the kept input columns, shape [O, len(keep_cols)] (flattened).
+
+    `weight` is the original weight flattened to [O, D]; `gram` is [D, D]; `keep_cols` indexes D.
+    A small ridge keeps a rank-deficient G solvable; if the solve still fails, the original weights of
+    the kept columns are returned (plain channel selection), never NaN.
+    """
+    w = weight.double()
+    g_ss = gram[keep_cols][:, keep_cols]
+    rhs = gram[keep_cols] @ w.T  # [S, O]
+    ridge = 1e-6 * g_ss.diagonal().mean().clamp_min(1e-12)
+    eye = torch.eye(len(keep_cols), dtype=g_ss.dtype)
+    try:
+        solved = torch.linalg.solve(g_ss + ridge * eye, rhs)
+    except RuntimeError:  # singular even with the ridge
+        solved = torch.linalg.lstsq(g_ss + ridge * eye, rhs).solution
+    if not torch.isfinite(solved).all():
+        return weight[:, keep_cols].clone()
+    return solved.T.to(weight.dtype)
