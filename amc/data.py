@@ -1,0 +1,454 @@
+"""Datasets as in-memory uint8 tensors, train/validation splits, and sharded mini-batches.
+
+Every dataset is held whole in memory as uint8 [N, C, H, W] (CIFAR-10 is 180 MB), so the
+training loop is plain tensor indexing with no DataLoader workers. Image folders are decoded
+once and cached as a tensor file; see `load_dataset`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import pickle
+import sys
+import uuid
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from amc.augment import augment_crop_flip, normalize
+from amc.errors import AmcError
+
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "ImageSet",
+    "augment_crop_flip",
+    "batches",
+    "default_val_size",
+    "load_dataset",
+    "normalize",
+    "split_train_val",
+]
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+# Bump when the decoded layout changes, so old cache files are re-decoded instead of misread.
+_CACHE_FORMAT = 1
+# Below this many files a process pool costs more to start than it saves.
+_POOL_MIN_FILES = 2000
+_PROGRESS_MIN_FILES = 5000
+
+
+@dataclass
+class ImageSet:
+    """A labelled set of images.
+
+    Attributes:
+        images: uint8 [N, C, H, W], pixel values 0..255.
+        labels: int64 [N], class indices 0..num_classes-1.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, idx: torch.Tensor) -> ImageSet:
+        """The images at int64 indices `idx` [M], as a new ImageSet of M images (copies)."""
+        return ImageSet(self.images[idx], self.labels[idx])
+
+
+@dataclass
+class Dataset:
+    """A train/test pair plus what a model needs to consume it.
+
+    Attributes:
+        name: one of DATASETS.
+        train, test: the two splits; a validation split is carved out of `train` by the caller.
+        classes: class names; label i is classes[i].
+        mean, std: per-channel statistics of pixels scaled to [0, 1], for `normalize`.
+    """
+
+    name: str
+    train: ImageSet
+    test: ImageSet
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image."""
+        c, h, w = self.train.images.shape[1:]
+        return (c, h, w)
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, *, cache_dir: str | Path | None = None) -> Dataset:
+    """Load a dataset whole into memory.
+
+    Args:
+        name: one of DATASETS. `digits` and `synthetic` need no files; the others need `data_dir`.
+        data_dir: for `cifar10`/`cifar100` the folder of python-pickle batches or its parent;
+            for `imagefolder` a folder holding train/<class>/* and test/<class>/*.
+        cache_dir: where `imagefolder` keeps decoded tensors; default $AMC_CACHE_DIR, else ~/.cache/amc.
+
+    Raises:
+        AmcError: unknown name, missing data_dir, or data that is missing or malformed.
+    """
+    if name not in DATASETS:
+        raise AmcError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if name == "digits":
+        return _load_digits()
+    if name == "synthetic":
+        return _load_synthetic()
+    if data_dir is None:
+        raise AmcError(f"dataset {name} needs its files; pass --data-dir pointing at them")
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise AmcError(f"data folder {root} does not exist or is not a folder; pass an existing --data-dir")
+    if name == "imagefolder":
+        return _load_imagefolder(root, _resolve_cache_dir(cache_dir))
+    return _load_cifar(name, root)
+
+
+def default_val_size(n_train: int) -> int:
+    """Validation images to hold out of a train split of `n_train` images: a fifth, at most 5,000."""
+    return min(5000, n_train // 5)
+
+
+def split_train_val(n_train: int, val_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split indices 0..n_train-1 into disjoint train and validation parts by a seeded permutation.
+
+    Returns:
+        (train_idx, val_idx): int64 [n_train - val_size] and int64 [val_size], each sorted ascending.
+        The same (n_train, val_size, seed) always gives the same split, on every machine.
+    """
+    if val_size > n_train - 1:
+        raise AmcError(
+            f"validation size {val_size} leaves no training images: the train split has {n_train} images; "
+            f"pass a smaller --val-size (at most {n_train - 1})"
+        )
+    if val_size < 1:
+        raise AmcError(
+            f"validation size {val_size} is empty (the train split has {n_train} images); "
+            f"pass a --val-size between 1 and {n_train - 1}"
+        )
+    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+def batches(
+    data: ImageSet,
+    batch_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    shuffle: bool = False,
+    augment: bool = False,
+    generator: torch.Generator | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Iterate over `data` in normalized mini-batches.
+
+    With world_size > 1 the (shuffled) order is cut to a multiple of world_size and rank r takes
+    positions r, r + world_size, ...: shards are disjoint, equally long, and so give every rank the
+    same number of batches of the same sizes, which keeps DDP collectives in step. Up to
+    world_size - 1 images are skipped per pass; with world_size = 1 every image is used once.
+
+    Args:
+        data: images to iterate over.
+        batch_size: images per batch; the last batch may be smaller.
+        mean, std: per-channel statistics for `normalize`.
+        shuffle: visit images in an order drawn from `generator`.
+        augment: apply `augment_crop_flip` (drawing from `generator`).
+        generator: required when shuffling or augmenting. Under DDP seed it identically on every
+            rank: all ranks then draw the same permutation and consume the same number of draws.
+        rank, world_size: this process's shard.
+
+    Yields:
+        (images, labels): float32 [B, C, H, W] and int64 [B], on the device of `data`.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in 0..world_size-1, got rank={rank}, world_size={world_size}")
+    if (shuffle or augment) and generator is None:
+        raise ValueError("shuffle and augment need a generator, seeded the same on every rank")
+    n = len(data)
+    if shuffle:
+        order = torch.randperm(n, generator=generator, device=generator.device).to(data.images.device)
+    else:
+        order = torch.arange(n, device=data.images.device)
+    shard = order[: n - n % world_size][rank::world_size]
+    for start in range(0, len(shard), batch_size):
+        idx = shard[start : start + batch_size]
+        images = data.images[idx]
+        if augment:
+            images = augment_crop_flip(images, generator)
+        yield normalize(images, mean, std), data.labels[idx]
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 [N, C, H, W] images scaled to [0, 1], rounded to 4 decimals."""
+    x = images.to(torch.float64).div_(255.0).transpose(0, 1).reshape(images.shape[1], -1)
+    mean = tuple(round(v, 4) for v in x.mean(dim=1).tolist())
+    std = tuple(round(v, 4) for v in x.std(dim=1, unbiased=False).tolist())
+    return mean, std
+
+
+def _load_digits() -> Dataset:
+    """sklearn's 1,797 8x8 handwritten digits: uint8 [N, 1, 8, 8]; a fixed seeded split, 360 test images."""
+    from sklearn.datasets import load_digits  # sklearn is slow to import and only this dataset needs it
+
+    raw = load_digits()
+    # sklearn stores ink as 0..16; map to the full uint8 range so all datasets share one scale.
+    images = torch.from_numpy(np.rint(raw.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(raw.target.astype(np.int64))
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    train_idx, test_idx = perm[:-360].sort().values, perm[-360:].sort().values
+    train = ImageSet(images[train_idx], labels[train_idx])
+    mean, std = _channel_stats(train.images)
+    return Dataset("digits", train, ImageSet(images[test_idx], labels[test_idx]), [str(d) for d in range(10)], mean, std)
+
+
+def _load_synthetic(n_train: int = 512, n_test: int = 256, num_classes: int = 10) -> Dataset:
+    """Deterministic learnable toy data: uint8 [N, 3, 32, 32], one smooth random pattern per class plus noise."""
+    g = torch.Generator().manual_seed(0)
+    # Upsampling a 4x4 grid makes the patterns low-frequency, so they survive crop/flip augmentation.
+    coarse = torch.randn(num_classes, 3, 4, 4, generator=g)
+    patterns = torch.nn.functional.interpolate(coarse, size=(32, 32), mode="bilinear", align_corners=False)
+
+    def make(n: int) -> ImageSet:
+        labels = torch.arange(n) % num_classes
+        labels = labels[torch.randperm(n, generator=g)]
+        pixels = 128.0 + 60.0 * patterns[labels] + 20.0 * torch.randn(n, 3, 32, 32, generator=g)
+        return ImageSet(pixels.round().clamp(0, 255).to(torch.uint8), labels)
+
+    train, test = make(n_train), make(n_test)
+    mean, std = _channel_stats(train.images)
+    return Dataset("synthetic", train, test, [f"class{i}" for i in range(num_classes)], mean, std)
+
+
+def _load_cifar(name: str, root: Path) -> Dataset:
+    """CIFAR-10/100 from the python-pickle release (the files of cifar-10-python.tar.gz / cifar-100-python.tar.gz).
+
+    The pickles are unpickled, so load only files you trust.
+    """
+    if name == "cifar10":
+        subfolder, marker = "cifar-10-batches-py", "data_batch_1"
+        train_files = [f"data_batch_{i}" for i in range(1, 6)]
+        test_file, meta_file, label_key, names_key = "test_batch", "batches.meta", b"labels", b"label_names"
+        mean, std = CIFAR10_MEAN, CIFAR10_STD
+    else:
+        subfolder, marker = "cifar-100-python", "train"
+        train_files = ["train"]
+        test_file, meta_file, label_key, names_key = "test", "meta", b"fine_labels", b"fine_label_names"
+        mean, std = CIFAR100_MEAN, CIFAR100_STD
+    folder = next((d for d in (root, root / subfolder) if (d / marker).is_file()), None)
+    if folder is None:
+        raise AmcError(
+            f"no {name} batches in {root}: expected {root}/{marker} or {root}/{subfolder}/{marker}; "
+            f"pass --data-dir pointing at the extracted python version of {name}"
+        )
+
+    def split(files: list[str]) -> ImageSet:
+        parts = [_unpickle(folder / f) for f in files]
+        data = np.concatenate([p[b"data"] for p in parts]).astype(np.uint8, copy=False)
+        labels = np.concatenate([np.asarray(p[label_key], dtype=np.int64) for p in parts])
+        return ImageSet(torch.from_numpy(data.reshape(-1, 3, 32, 32)), torch.from_numpy(labels))
+
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in _unpickle(folder / meta_file)[names_key]]
+    return Dataset(name, split(train_files), split([test_file]), classes, mean, std)
+
+
+def _unpickle(path: Path) -> dict:
+    """One CIFAR pickle file as its dict with bytes keys."""
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="bytes")
+    except FileNotFoundError:
+        raise AmcError(f"CIFAR file {path} is missing; re-extract the dataset archive into {path.parent}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise AmcError(f"CIFAR file {path} is corrupt ({e}); re-extract the dataset archive") from None
+
+
+def _resolve_cache_dir(cache_dir: str | Path | None) -> Path:
+    if cache_dir is None:
+        cache_dir = os.environ.get("AMC_CACHE_DIR") or Path.home() / ".cache" / "amc"
+    return Path(cache_dir).expanduser()
+
+
+_ImageFile = tuple[Path, int, os.stat_result]  # (path, label, stat)
+
+
+def _list_images(root: Path) -> tuple[list[str], list[_ImageFile], list[_ImageFile]]:
+    """Walk root/train/<class>/ and root/test/<class>/ for image files, skipping hidden ones.
+
+    Returns:
+        (classes, train_files, test_files): the sorted names of train's class folders, and each
+        split's files in a reproducible order (by class, then by path).
+    """
+    layout = f"expected {root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg"
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise AmcError(f"data folder {root} has no {split}/ folder; {layout}")
+    classes = _subfolders(root / "train")
+    listed: list[list[_ImageFile]] = []
+    for split in ("train", "test"):
+        split_dir = root / split
+        split_classes = _subfolders(split_dir)
+        if not split_classes:
+            raise AmcError(f"data folder {split_dir} has no class folders; {layout}")
+        files: list[_ImageFile] = []
+        for cls in split_classes:
+            if cls not in classes:
+                raise AmcError(
+                    f"class folder {split_dir / cls} has no counterpart in {root / 'train'}; "
+                    "add training images for it or remove it"
+                )
+            found = _walk_files(split_dir / cls)
+            if not found:
+                raise AmcError(f"class folder {split_dir / cls} has no images; add images or remove the folder")
+            label = classes.index(cls)
+            files.extend((Path(e.path), label, e.stat()) for e in found)
+        listed.append(files)
+    return classes, listed[0], listed[1]
+
+
+def _subfolders(folder: Path) -> list[str]:
+    """Sorted names of the non-hidden folders directly in `folder`."""
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def _walk_files(folder: Path) -> list[os.DirEntry]:
+    """All non-hidden files under `folder`, recursively, sorted by path so labels and order are reproducible."""
+    out: list[os.DirEntry] = []
+    for entry in os.scandir(folder):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            out.extend(_walk_files(Path(entry.path)))
+        elif entry.is_file():
+            out.append(entry)
+    return sorted(out, key=lambda e: e.path)
+
+
+def _decode_file(path: str) -> np.ndarray | str:
+    """One image file as uint8 [H, W, 3] RGB, or the reason Pillow could not read it."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except Exception as e:  # Pillow's plugins raise many types on bad files; all mean "unreadable"
+        return f"{type(e).__name__}: {e}"
+
+
+def _decode_all(paths: list[str]) -> torch.Tensor:
+    """Decode every file, in order, into uint8 [N, 3, H, W]; all must share the first image's size."""
+    if len(paths) >= _POOL_MIN_FILES and (os.cpu_count() or 1) > 1:
+        pool = multiprocessing.Pool(os.cpu_count())
+        decoded: Iterator[np.ndarray | str] = pool.imap(_decode_file, paths, chunksize=256)
+    else:
+        pool = None
+        decoded = map(_decode_file, paths)
+    try:
+        out: np.ndarray | None = None
+        progress = tqdm(
+            decoded, total=len(paths), desc="decoding images", unit="img", file=sys.stderr,
+            disable=len(paths) <= _PROGRESS_MIN_FILES, leave=False,
+        )  # fmt: skip
+        for i, arr in enumerate(progress):
+            if isinstance(arr, str):
+                raise AmcError(f"cannot read image {paths[i]} ({arr}); delete or replace the file")
+            if out is None:
+                out = np.empty((len(paths), *arr.shape), dtype=np.uint8)
+            elif arr.shape != out.shape[1:]:
+                h, w, ih, iw = out.shape[1], out.shape[2], arr.shape[0], arr.shape[1]
+                raise AmcError(
+                    f"image {paths[i]} is {iw}x{ih} pixels but {paths[0]} is {w}x{h}; "
+                    f"resize all images to {w}x{h} (width x height)"
+                )
+            out[i] = arr
+    finally:
+        if pool is not None:
+            pool.terminate()
+    assert out is not None  # _list_images guarantees at least one file
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def _load_imagefolder(root: Path, cache_dir: Path) -> Dataset:
+    """An ImageFolder tree decoded once, then loaded from a cache file in `cache_dir`.
+
+    One cache file per data folder (named by a hash of its absolute path); inside, a key hashes the
+    absolute path and every file's (relative path, size, mtime), so any change re-decodes.
+    """
+    root = root.resolve()
+    classes, train_files, test_files = _list_images(root)
+    files, n_train = train_files + test_files, len(train_files)
+    key = hashlib.sha256(f"{_CACHE_FORMAT}\n{root}\n".encode())
+    for path, _, st in files:
+        key.update(f"{path.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    cache_file = cache_dir / f"imagefolder-{hashlib.sha256(str(root).encode()).hexdigest()[:16]}.pt"
+
+    cached = _read_cache(cache_file, key.hexdigest())
+    if cached is None:
+        labels = torch.tensor([label for _, label, _ in files], dtype=torch.int64)
+        images = _decode_all([str(path) for path, _, _ in files])
+        cached = {
+            "key": key.hexdigest(),
+            "classes": classes,
+            "train_images": images[:n_train],
+            "train_labels": labels[:n_train],
+            "test_images": images[n_train:],
+            "test_labels": labels[n_train:],
+        }
+        _write_cache(cache_file, cached)
+    train = ImageSet(cached["train_images"], cached["train_labels"])
+    test = ImageSet(cached["test_images"], cached["test_labels"])
+    return Dataset("imagefolder", train, test, list(cached["classes"]), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _read_cache(cache_file: Path, key: str) -> dict | None:
+    """The cached tensors if `cache_file` exists, is readable and matches `key`; otherwise None."""
+    if not cache_file.is_file():
+        return None
+    try:
+        cached = torch.load(cache_file, map_location="cpu", weights_only=True)
+    except Exception:  # a truncated or foreign file is just a cache miss; it gets rewritten
+        return None
+    return cached if isinstance(cached, dict) and cached.get("key") == key else None
+
+
+def _write_cache(cache_file: Path, cached: dict) -> None:
+    """Write atomically, so a concurrent reader (e.g. another DDP rank) never sees a partial file."""
+    # A unique name in the same folder makes os.replace atomic; open() rather than mkstemp keeps
+    # the umask's permissions, so a shared cache folder stays readable by other users.
+    tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(tmp, "xb") as f:
+                torch.save(cached, f)
+            os.replace(tmp, cache_file)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as e:
+        # The data is already decoded; an unwritable cache only costs the next run another decode.
+        warnings.warn(f"could not write image cache {cache_file} ({e}); set AMC_CACHE_DIR to a writable folder", stacklevel=3)
