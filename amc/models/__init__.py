@@ -1,0 +1,14 @@
+"""Models by name and checkpoint loading.
+
+`create_model("resnet56")` builds a registered model; `create_model("pkg.mod:factory")` or
+`create_model("path/to/file.py:factory")` builds your own. `load_checkpoint(model, path)` loads trained
+weights strictly and returns the checkpoint's metadata (mean, std, num_classes, arch).
+"""
+
+from amc.models.registry import create_model, list_models, register_model
+from amc.models.checkpoint import load_checkpoint, read_checkpoint
+
+# Imported for their @register_model side effect.
+from amc.models import digits, mobilenetv2, resnet_cifar, vgg  # noqa: F401
+
+__all__ = ["create_model", "list_models", "load_checkpoint", "read_checkpoint", "register_model"]
