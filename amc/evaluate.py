@@ -1,0 +1,66 @@
+"""Measuring a model: accuracy and loss on a split, BatchNorm re-estimation, CPU latency."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.benchmark as benchmark
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> tuple[float, float]:
+    """Top-1 accuracy (fraction in [0, 1]) and mean cross-entropy of `model` in eval mode.
+
+    `inputs` are normalized float images [N, C, H, W]; `labels` int64 [N].
+    """
+    model.eval()
+    correct, loss = 0, 0.0
+    for start in range(0, len(inputs), batch_size):
+        logits = model(inputs[start : start + batch_size])
+        target = labels[start : start + batch_size]
+        correct += int((logits.argmax(1) == target).sum())
+        loss += float(F.cross_entropy(logits, target, reduction="sum"))
+    return correct / len(inputs), loss / len(inputs)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> None:
+    """Re-estimate every BatchNorm's running mean and variance on `inputs` (normalized images).
+
+    Pruning shifts the statistics that reach later BatchNorms; a few training batches fix them.
+    Statistics are a plain average over the batches (momentum None); the model is left in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or len(inputs) == 0:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for start in range(0, len(inputs), batch_size):
+        model(inputs[start : start + batch_size])
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.eval()
+
+
+def cpu_latency(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, *, threads: int | None = None,
+                repeats: int = 7, min_run_time: float = 0.2) -> float:
+    """Median latency in milliseconds of one forward pass of a batch, on the CPU.
+
+    Each of `repeats` measurements is `torch.utils.benchmark.Timer.blocked_autorange` over at least
+    `min_run_time` seconds; `threads` defaults to torch's current setting.
+    """
+    model.eval()
+    x = torch.randn(batch_size, *input_shape)
+    num_threads = threads or torch.get_num_threads()
+    timer = benchmark.Timer("model(x)", globals={"model": model, "x": x}, num_threads=num_threads)
+    with torch.no_grad():
+        model(x)  # warm-up: the first call builds kernels for these shapes
+        samples = [timer.blocked_autorange(min_run_time=min_run_time).median for _ in range(repeats)]
+    return 1000.0 * statistics.median(samples)
