@@ -1,0 +1,91 @@
+"""Resource budgets and the channel counts that meet them.
+
+A budget is a fraction of the dense model's MACs ("flops"), parameters ("params") or measured latency
+("latency"). Costs are functions of the kept channel counts of every group, vectorised over leading
+dimensions: `cost(keep[..., G]) -> [...]`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from amc.errors import AmcError
+from amc.pruner import ChannelPruner
+
+BUDGET_KINDS: tuple[str, ...] = ("flops", "params", "latency")
+CostFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Keep at most `ratio` of the dense model's `kind` (MACs, parameters or latency)."""
+
+    kind: str
+    ratio: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in BUDGET_KINDS:
+            raise AmcError(f"unknown budget kind {self.kind!r}; use one of {', '.join(BUDGET_KINDS)}")
+        if not (isinstance(self.ratio, (int, float)) and math.isfinite(self.ratio) and 0 < self.ratio <= 1):
+            raise AmcError(f"budget ratio {self.ratio} is outside (0, 1]; pass e.g. --target-{self.kind} 0.5")
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "ratio": self.ratio}
+
+
+def cost_function(pruner: ChannelPruner, kind: str, latency: CostFn | None = None) -> CostFn:
+    """The cost of kept channel counts for a budget kind (MACs, parameters, or latency in ms)."""
+    if kind == "flops":
+        return pruner.cost.macs
+    if kind == "params":
+        return pruner.cost.params
+    if latency is None:
+        raise ValueError("a latency budget needs a latency table")
+    return latency
+
+
+def min_counts(pruner: ChannelPruner, lbound: float = 0.0) -> np.ndarray:
+    """The fewest channels per group a policy may keep: `lbound` of each group, at least `min_keep`."""
+    floor = np.array([g.min_keep for g in pruner.groups], dtype=np.int64)
+    return np.maximum(floor, np.ceil(lbound * pruner.channels - 1e-9).astype(np.int64))
+
+
+def ratio_counts(pruner: ChannelPruner, ratio: float | np.ndarray, lbound: float = 0.0) -> np.ndarray:
+    """Channel counts for preserve ratios (one, or one per group), rounded, within the bounds."""
+    counts = np.rint(np.asarray(ratio) * pruner.channels).astype(np.int64)
+    return np.clip(counts, min_counts(pruner, lbound), pruner.channels)
+
+
+def check_reachable(pruner: ChannelPruner, cost: CostFn, budget: Budget, lbound: float = 0.0) -> float:
+    """The budget's absolute target; AmcError if even the smallest allowed model exceeds it."""
+    dense = float(cost(pruner.channels))
+    smallest = float(cost(min_counts(pruner, lbound))) / dense
+    if budget.ratio < smallest:
+        raise AmcError(
+            f"a {budget.kind} budget of {budget.ratio:g} cannot be met: the smallest model the lower bound "
+            f"{lbound:g} allows keeps {smallest:.3f}; pass a budget of at least {math.ceil(smallest * 1000) / 1000:g}"
+            " or a smaller --lbound"
+        )
+    return budget.ratio * dense
+
+
+def uniform_counts(pruner: ChannelPruner, cost: CostFn, target: float) -> np.ndarray:
+    """The same preserve ratio for every group, as large as the budget `target` allows.
+
+    Bisection on the ratio: with rounding to whole channels the cost is a non-decreasing step function
+    of the ratio, so the largest feasible ratio is found to 1e-6.
+    """
+    lo, hi = 0.0, 1.0
+    if cost(ratio_counts(pruner, hi)) <= target:
+        return ratio_counts(pruner, hi)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if cost(ratio_counts(pruner, mid)) <= target:
+            lo = mid
+        else:
+            hi = mid
+    return ratio_counts(pruner, lo)

@@ -1,0 +1,173 @@
+"""The AMC environment: walk a network's channel groups and choose how many channels each keeps."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from amc.budget import Budget, CostFn, check_reachable, cost_function, min_counts
+from amc.pruner import ChannelPruner
+from amc.task import Evaluation
+
+REWARDS: tuple[str, ...] = ("acc", "flops", "params", "latency")
+N_FEATURES = 11
+
+
+def _minmax(column: np.ndarray) -> np.ndarray:
+    span = column.max() - column.min()
+    return (column - column.min()) / span if span > 0 else np.zeros_like(column)
+
+
+class ChannelPruningEnv(gym.Env):
+    """Resource-constrained channel pruning of a trained network, one channel group per step (AMC).
+
+    ## Episode
+    Starts at the first prunable group (in execution order) and ends after the last: one step per group,
+    `len(pruner.groups)` steps in all. There is no truncation.
+
+    ## Observation
+    `Box(0, 1, (11,), float32)`, AMC's layer embedding of the current group t: index t, channels n,
+    input channels c of the producing layer, input height h and width w, stride, kernel size, the group's
+    cost (see below), the cost already removed by earlier actions, the cost of the later groups, and
+    the previous preserve ratio. The first seven and the group cost are min-max scaled across groups
+    once; the removed / later costs are fractions of the dense model's cost. Costs are in the budget's
+    unit (MACs, parameters or milliseconds).
+
+    ## Action
+    `Box(0, 1, (1,), float32)`: a in [0, 1] is mapped to the preserve ratio lbound + a (rbound - lbound)
+    of the group's channels. The *action wall* then bounds the channel count: at most what still lets
+    the budget be met with every later group at its lower bound, and (with `fill_budget`) at least what
+    the budget needs with every later group whole, so the finished policy never exceeds the budget and
+    ends within one channel of it. The channel count actually kept is what the next state records.
+
+    ## Reward
+    0 until the last step, then, from the fast evaluation (select, re-fit, val accuracy) of the whole
+    policy: `acc` accuracy; `flops` -error * log(MACs); `params` -error * log(params); `latency`
+    -error * log(latency in microseconds). The final `info` holds the policy (`counts`), its `macs`,
+    `params`, `cost_ratio`, `accuracy` and `reward`.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        pruner: ChannelPruner,
+        evaluate: Callable[[np.ndarray], Evaluation],
+        budget: Budget,
+        *,
+        reward: str = "acc",
+        lbound: float = 0.2,
+        rbound: float = 1.0,
+        fill_budget: bool = True,
+        latency: CostFn | None = None,
+    ) -> None:
+        if reward not in REWARDS:
+            raise ValueError(f"unknown reward {reward!r}; choose one of {REWARDS}")
+        if not 0 <= lbound < rbound <= 1:
+            raise ValueError(f"need 0 <= lbound < rbound <= 1, got {lbound} and {rbound}")
+        self.pruner, self.evaluate, self.budget = pruner, evaluate, budget
+        self.reward_kind, self.lbound, self.rbound, self.fill_budget = reward, lbound, rbound, fill_budget
+        self.latency = latency
+        self.cost = cost_function(pruner, budget.kind, latency)
+        self.target = check_reachable(pruner, self.cost, budget, lbound)
+        self.full = pruner.channels.copy()
+        self.lower = min_counts(pruner, lbound)
+        self.dense_cost = float(self.cost(self.full))
+        self.group_cost = self._group_costs()
+        self.static = self._static_features()
+        self.observation_space = spaces.Box(0.0, 1.0, (N_FEATURES,), np.float32)
+        self.action_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+        self.t = 0
+        self.counts = self.full.copy()
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.full)
+
+    def _group_costs(self) -> np.ndarray:
+        """Cost each group takes part in (the drop when the group alone is removed), shape [G]."""
+        costs = []
+        for j in range(self.n_groups):
+            keep = self.full.copy()
+            keep[j] = 0
+            costs.append(self.dense_cost - float(self.cost(keep)))
+        return np.array(costs)
+
+    def _static_features(self) -> np.ndarray:
+        rows = []
+        for t, group in enumerate(self.pruner.groups):
+            info = self.pruner.layers[group.name]
+            rows.append([t, group.channels, info.in_channels, info.in_hw[0], info.in_hw[1],
+                         info.stride, info.kernel, self.group_cost[t]])
+        table = np.array(rows, dtype=np.float64)
+        return np.stack([_minmax(col) for col in table.T], axis=1)
+
+    def _observation(self) -> np.ndarray:
+        t = min(self.t, self.n_groups - 1)
+        removed = (self.dense_cost - float(self.cost(self.counts))) / self.dense_cost
+        later = self.group_cost[t + 1 :].sum() / self.dense_cost
+        previous = self.counts[t - 1] / self.full[t - 1] if t > 0 else 1.0
+        features = np.concatenate([self.static[t], [removed, min(later, 1.0), previous]])
+        return np.clip(features, 0.0, 1.0).astype(np.float32)
+
+    def wall(self, t: int, wanted: int) -> int:
+        """Channel count for group t nearest to `wanted` that keeps the budget reachable (see class doc)."""
+        candidates = np.arange(self.lower[t], self.full[t] + 1)
+        trial = np.repeat(self.counts[None, :], len(candidates), axis=0)
+        trial[:, t] = candidates
+        trial[:, t + 1 :] = self.lower[t + 1 :]
+        feasible = candidates[self.cost(trial) <= self.target]
+        high = int(feasible.max()) if len(feasible) else int(self.lower[t])
+        low = int(self.lower[t])
+        if self.fill_budget:
+            trial[:, t + 1 :] = self.full[t + 1 :]
+            enough = candidates[self.cost(trial) >= self.target]
+            low = min(int(enough.min()), high) if len(enough) else high
+        return int(np.clip(wanted, low, high))
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        self.counts = self.full.copy()
+        return self._observation(), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
+        ratio = self.lbound + a * (self.rbound - self.lbound)
+        t = self.t
+        self.counts[t] = self.wall(t, int(math.floor(ratio * self.full[t] + 0.5)))
+        self.t += 1
+        if self.t < self.n_groups:
+            # later groups count as whole until they are decided
+            return self._observation(), 0.0, False, False, {}
+        return self._observation(), *self._finish()
+
+    def _finish(self) -> tuple[float, bool, bool, dict]:
+        result = self.evaluate(self.counts.copy())
+        macs = int(self.pruner.cost.macs(self.counts))
+        params = int(self.pruner.cost.params(self.counts))
+        error = 1.0 - result.accuracy
+        if self.reward_kind == "acc":
+            reward = result.accuracy
+        elif self.reward_kind == "flops":
+            reward = -error * math.log(macs)
+        elif self.reward_kind == "params":
+            reward = -error * math.log(params)
+        else:
+            if self.latency is None:
+                raise ValueError("the latency reward needs a latency table")
+            reward = -error * math.log(1000.0 * float(self.latency(self.counts)))
+        info = {
+            "counts": self.counts.tolist(),
+            "macs": macs,
+            "params": params,
+            "cost_ratio": float(self.cost(self.counts)) / self.dense_cost,
+            "accuracy": result.accuracy,
+            "loss": result.loss,
+            "reward": reward,
+        }
+        return float(reward), True, False, info
