@@ -124,7 +124,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, cache_dir: st
     if not root.is_dir():
         raise AmcError(f"data folder {root} does not exist or is not a folder; pass an existing --data-dir")
     if name == "imagefolder":
-        return _load_imagefolder(root, _resolve_cache_dir(cache_dir))
+        return _load_imagefolder(root, resolve_cache_dir(cache_dir))
     return _load_cifar(name, root)
 
 
@@ -290,7 +290,8 @@ def _unpickle(path: Path) -> dict:
         raise AmcError(f"CIFAR file {path} is corrupt ({e}); re-extract the dataset archive") from None
 
 
-def _resolve_cache_dir(cache_dir: str | Path | None) -> Path:
+def resolve_cache_dir(cache_dir: str | Path | None = None) -> Path:
+    """The folder for amc's caches: `cache_dir`, else $AMC_CACHE_DIR, else ~/.cache/amc."""
     if cache_dir is None:
         cache_dir = os.environ.get("AMC_CACHE_DIR") or Path.home() / ".cache" / "amc"
     return Path(cache_dir).expanduser()

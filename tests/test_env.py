@@ -1,0 +1,114 @@
+"""The AMC environment: budget wall, determinism, Gymnasium API."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs  # noqa: F401  (registers amc/ChannelPruning-v0)
+from amc.budget import Budget, uniform_counts
+from amc.models import create_model
+from amc.pruner import ChannelPruner
+from amc.task import Evaluation
+from envs.channel_pruning import ChannelPruningEnv
+
+
+def constant_eval(counts: np.ndarray) -> Evaluation:
+    """Stands in for the fast evaluation where only the budget logic is under test."""
+    return Evaluation(accuracy=0.5, loss=1.0)
+
+
+@pytest.fixture(scope="module")
+def pruners() -> dict[str, ChannelPruner]:
+    return {
+        "digits_cnn": ChannelPruner(create_model("digits_cnn"), (1, 8, 8)),
+        "resnet20": ChannelPruner(create_model("resnet20"), (3, 32, 32)),
+        "mobilenetv2": ChannelPruner(create_model("mobilenetv2"), (3, 32, 32)),
+    }
+
+
+def run_episode(env: ChannelPruningEnv, actions: list[float]) -> dict:
+    env.reset(seed=0)
+    for t in range(env.n_groups):
+        _, _, terminated, truncated, info = env.step(np.array([actions[t % len(actions)]], dtype=np.float32))
+        assert terminated == (t == env.n_groups - 1) and not truncated
+    return info
+
+
+ADVERSARIAL = [[1.0], [0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0, 0.0], [0.5]]
+
+
+@pytest.mark.parametrize("model", ["digits_cnn", "resnet20", "mobilenetv2"])
+@pytest.mark.parametrize("kind,ratio", [("flops", 0.5), ("flops", 0.3), ("params", 0.5)])
+def test_action_wall_never_exceeds_budget(pruners, model, kind, ratio):
+    pruner = pruners[model]
+    env = ChannelPruningEnv(pruner, constant_eval, Budget(kind, ratio))
+    cost = pruner.cost.macs if kind == "flops" else pruner.cost.params
+    dense = float(cost(pruner.channels))
+    rng = np.random.default_rng(0)
+    sequences = ADVERSARIAL + [list(rng.random(env.n_groups)) for _ in range(10)]
+    for actions in sequences:
+        info = run_episode(env, actions)
+        counts = np.array(info["counts"])
+        assert cost(counts) <= ratio * dense
+        assert info["cost_ratio"] == pytest.approx(cost(counts) / dense)
+        assert (counts >= env.lower).all() and (counts <= pruner.channels).all()
+        # the wall fills the budget: the last group takes all that is left
+        if counts[-1] < pruner.channels[-1]:
+            bigger = counts.copy()
+            bigger[-1] += 1
+            assert cost(bigger) > ratio * dense
+
+
+def test_wall_uses_budget_fully(pruners):
+    pruner = pruners["resnet20"]
+    env = ChannelPruningEnv(pruner, constant_eval, Budget("flops", 0.5))
+    for actions in ADVERSARIAL:
+        ratio = run_episode(env, actions)["cost_ratio"]
+        assert 0.49 <= ratio <= 0.5
+    uniform = pruner.cost.macs(uniform_counts(pruner, pruner.cost.macs, env.target)) / env.dense_cost
+    assert 0.48 <= uniform <= 0.5
+
+
+def test_unreachable_budget_names_smallest(pruners):
+    from amc.errors import AmcError
+
+    with pytest.raises(AmcError, match="at least"):
+        ChannelPruningEnv(pruners["resnet20"], constant_eval, Budget("flops", 0.01))
+
+
+def test_env_is_deterministic(pruners):
+    env = ChannelPruningEnv(pruners["resnet20"], constant_eval, Budget("flops", 0.5))
+    actions = list(np.random.default_rng(1).random(env.n_groups))
+    first_obs = [env.reset(seed=3)[0]]
+    first = run_episode(env, actions)
+    second_obs = [env.reset(seed=3)[0]]
+    second = run_episode(env, actions)
+    assert np.array_equal(first_obs[0], second_obs[0])
+    assert first == second
+
+
+def test_observations_in_box(pruners):
+    env = ChannelPruningEnv(pruners["mobilenetv2"], constant_eval, Budget("flops", 0.5))
+    obs, _ = env.reset(seed=0)
+    for _ in range(env.n_groups):
+        assert env.observation_space.contains(obs)
+        obs, *_ = env.step(env.action_space.sample())
+    assert env.observation_space.contains(obs)
+
+
+def test_check_env_and_registration(pruners):
+    import gymnasium
+
+    env = gymnasium.make("amc/ChannelPruning-v0", pruner=pruners["digits_cnn"], evaluate=constant_eval,
+                         budget=Budget("flops", 0.5))
+    check_env(env.unwrapped)
+
+
+@pytest.mark.parametrize("reward", ["acc", "flops", "params"])
+def test_rewards(pruners, reward):
+    env = ChannelPruningEnv(pruners["digits_cnn"], constant_eval, Budget("flops", 0.5), reward=reward)
+    info = run_episode(env, [0.5])
+    expected = {"acc": 0.5, "flops": -0.5 * np.log(info["macs"]), "params": -0.5 * np.log(info["params"])}[reward]
+    assert info["reward"] == pytest.approx(expected)
