@@ -1,0 +1,101 @@
+"""Writing models to disk: a plain state-dict checkpoint, TorchScript and ONNX, each written atomically.
+
+Every writer goes through `atomic_path`, so a reader (or a run killed mid-write) never sees a partial file:
+the target either keeps its old content or has the complete new one.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from amc.errors import AmcError
+
+ONNX_OPSET = 17
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on normal exit move the file written there onto `path`.
+
+    The temporary file lives in the same folder, so `os.replace` is a rename within one filesystem and
+    atomic; it is fsynced first, so a crash of the machine cannot leave `path` empty. On an exception the
+    temporary file is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_state_dict(model: nn.Module, path: str | Path) -> None:
+    """Write `{"state_dict": model.state_dict()}` to `path` atomically (loadable by `amc.models.load_checkpoint`)."""
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict()}, tmp)
+
+
+def export_torchscript(model: nn.Module, input_shape: Sequence[int], path: str | Path) -> None:
+    """Trace `model` in eval mode on the CPU and save it as TorchScript, atomically.
+
+    The file loads with plain `torch.jit.load(path)`, with no amc (or model source) installed.
+
+    Args:
+        model: the model to export; not modified (a CPU copy is traced).
+        input_shape: one input's (C, H, W); the batch size stays free in the traced graph.
+        path: the file to write, conventionally `*.ts` or `*.pt`.
+    """
+    traced_model = _cpu_eval_copy(model)
+    example = torch.randn(2, *input_shape)
+    with torch.no_grad():
+        traced = torch.jit.trace(traced_model, example)
+    with atomic_path(path) as tmp:
+        torch.jit.save(traced, str(tmp))
+
+
+def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path) -> None:
+    """Export `model` in eval mode to ONNX (opset 17, input `input` [batch, C, H, W] -> `logits`), atomically.
+
+    The batch axis is dynamic. The graph is checked with `onnx.checker` before it replaces `path`.
+
+    Raises:
+        AmcError: the optional `onnx` package is not installed.
+    """
+    try:
+        import onnx
+    except ImportError:
+        raise AmcError("ONNX export needs the onnx package: pip install 'amc[onnx]'") from None
+    export_model = _cpu_eval_copy(model)
+    example = torch.randn(1, *input_shape)
+    # The TorchScript-based exporter needs no onnxscript; newer torch defaults to the dynamo one.
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    with atomic_path(path) as tmp:
+        torch.onnx.export(
+            export_model,
+            (example,),
+            str(tmp),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=ONNX_OPSET,
+            **legacy,
+        )
+        onnx.checker.check_model(str(tmp))
+
+
+def _cpu_eval_copy(model: nn.Module) -> nn.Module:
+    """A CPU copy of `model` in eval mode, so exporting never moves or re-modes the caller's model."""
+    return copy.deepcopy(model).cpu().eval()

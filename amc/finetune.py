@@ -1,0 +1,457 @@
+"""Fine-tuning a (pruned) classification model.
+
+SGD with Nesterov momentum, a linear warm-up then cosine decay per step, optional knowledge distillation,
+a validation pass every epoch, and (with `out`) atomic best/last checkpoints that `resume=True` continues
+from. Under `torchrun` with several processes the same call trains with DistributedDataParallel.
+
+Randomness is re-derived at every epoch from (seed, epoch[, rank]) instead of carried over: the data
+order and augmentation come from a generator seeded with seed + epoch (the same on every rank, as
+`batches` requires), torch's global RNG (dropout) is reseeded per epoch and rank. A resumed run therefore
+needs no saved RNG state to continue exactly as an uninterrupted one would, on every rank.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from amc import distributed
+from amc.data import ImageSet, batches
+from amc.errors import AmcError
+from amc.evaluate import accuracy
+from amc.export import atomic_path, save_state_dict
+
+SaveFn = Callable[[nn.Module, Path], None]
+
+# Crop+flip is the CIFAR recipe for natural images. On tiny images such as the 8x8 digits a 4-pixel
+# shift removes half the digit and a mirrored digit is another shape, so they are not augmented.
+AUGMENT_MIN_SIZE = 32
+_EVAL_BATCH = 500
+_LAST_FORMAT = 1
+# Settings that may differ between a run and its resumption without making the checkpoint's optimizer
+# state or step count meaningless (a larger `epochs` stretches the remaining schedule).
+_RESUMABLE_CHANGES = ("epochs", "device", "num_threads")
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning settings.
+
+    Attributes:
+        epochs: passes over the training set.
+        batch_size: images per optimizer step, summed over all processes (each of W torchrun
+            processes takes batch_size / W per step), so results do not depend on W.
+        lr: peak learning rate, tuned for batch_size 128; scale it linearly with batch_size
+            (e.g. 0.1 for 256).
+        momentum: SGD momentum, used with Nesterov's update.
+        weight_decay: L2 penalty on weight matrices and kernels; BatchNorm parameters and biases
+            (every parameter with at most one dimension) get none.
+        warmup_epochs: the learning rate rises linearly from lr / warm-up steps to lr over this many
+            epochs (at most half the run), then follows a cosine to 0 at the end of the last epoch.
+        label_smoothing: label smoothing of the cross-entropy, in [0, 1).
+        distill_alpha: weight a of knowledge distillation from a teacher, in [0, 1]:
+            loss = (1 - a) * CE + a * T^2 * KL(softmax(teacher / T) || softmax(student / T)).
+        temperature: the distillation temperature T (> 0).
+        augment: random 4-pixel-padded crop + horizontal flip (`augment_crop_flip`), applied only to
+            images at least AUGMENT_MIN_SIZE (32) pixels high; smaller ones are never augmented.
+        seed: seeds the data order, the augmentation and torch's global RNG of every epoch.
+        num_threads: torch CPU threads to use; None keeps torch's current setting.
+        device: "cpu", "cuda" or "cuda:N"; under torchrun each process uses cuda:LOCAL_RANK.
+    """
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.0
+    distill_alpha: float = 0.0
+    temperature: float = 4.0
+    augment: bool = True
+    seed: int = 0
+    num_threads: int | None = None
+    device: str = "cpu"
+
+
+@dataclass
+class FinetuneResult:
+    """What a fine-tuning run achieved.
+
+    Attributes:
+        best_val_acc: highest validation top-1 accuracy of any epoch, a fraction in [0, 1].
+        best_epoch: the 1-based epoch that reached it (the weights written to `out`).
+        last_val_acc: validation accuracy after the last epoch (the weights left in the model).
+        history: one dict per epoch, in order: epoch (1-based), train_loss (mean over the epoch's
+            images), val_loss, val_acc (fraction), lr (of the epoch's last step), seconds (wall time
+            of training plus validation).
+    """
+
+    best_val_acc: float
+    best_epoch: int
+    last_val_acc: float
+    history: list[dict[str, float]]
+
+
+def last_checkpoint_path(out: str | Path) -> Path:
+    """Where `finetune` keeps the resumable state of a run writing `out`: finetuned.pt -> finetuned.last.pt."""
+    return Path(out).with_suffix(".last.pt")
+
+
+def finetune(
+    model: nn.Module,
+    train: ImageSet,
+    val: ImageSet,
+    mean: Sequence[float],
+    std: Sequence[float],
+    config: FinetuneConfig | None = None,
+    *,
+    teacher: nn.Module | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    save_fn: SaveFn = save_state_dict,
+) -> FinetuneResult:
+    """Fine-tune `model` on `train`, measuring top-1 accuracy on `val` after every epoch.
+
+    The model is moved to `config.device` and trained in place; it ends with the last epoch's weights.
+    Launched by torchrun with WORLD_SIZE > 1, every process calls this alike: it joins the process group
+    (gloo on CPU, NCCL on CUDA; left again on return if it was not already joined), trains with
+    DistributedDataParallel on disjoint shards of `train`, validates on disjoint shards of `val` and sums
+    the counts, and only rank 0 writes files and shows progress. `out` must then be on a filesystem that
+    every process can read (always so on one machine).
+
+    Args:
+        model: the classifier, e.g. a pruned network; maps normalized images to logits [N, classes].
+        train, val: uint8 image sets; normalized with `mean`, `std` (per channel, of [0, 1] pixels).
+        config: settings; None means FinetuneConfig().
+        teacher: model distilled from when config.distill_alpha > 0 (moved to the device, put in eval mode).
+        out: with it, the best epoch's model is written to `out` by `save_fn(model, path)` and the state
+            to resume from (model, optimizer, epoch, history, best, config) to `last_checkpoint_path(out)`
+            after every epoch, both atomically.
+        resume: continue from `last_checkpoint_path(out)`; its config must match this one except for
+            epochs, device and num_threads. The remaining epochs give the same weights as an uninterrupted
+            run with this config (bit-for-bit on the CPU with the same number of threads).
+        progress: show a progress bar over epochs on stderr.
+        save_fn: writes the best model to a path; it must write atomically. Default: `save_state_dict`.
+
+    Raises:
+        AmcError: invalid settings; `out` (or its resume state) exists without `resume`; `resume` without
+            `out` or without a resume state, or with one from a different config or model; a
+            training loss that is not finite.
+    """
+    config = config or FinetuneConfig()
+    _check_config(config, teacher)
+    out = Path(out) if out is not None else None
+    _check_out(out, resume)
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    device_type = torch.device(config.device).type
+    joined_here = not (dist.is_available() and dist.is_initialized())
+    rank, world_size = distributed.init_from_env("nccl" if device_type == "cuda" else "gloo")
+    try:
+        if device_type == "cuda" and world_size > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        else:
+            device = torch.device(config.device)
+        return _train(model, train, val, mean, std, config, teacher, out, resume, progress, save_fn,
+                      device, rank, world_size)  # fmt: skip
+    finally:
+        if joined_here:
+            distributed.cleanup()
+
+
+def _train(
+    model: nn.Module,
+    train: ImageSet,
+    val: ImageSet,
+    mean: Sequence[float],
+    std: Sequence[float],
+    config: FinetuneConfig,
+    teacher: nn.Module | None,
+    out: Path | None,
+    resume: bool,
+    progress: bool,
+    save_fn: SaveFn,
+    device: torch.device,
+    rank: int,
+    world_size: int,
+) -> FinetuneResult:
+    """The body of `finetune` once the process group (if any) and the device are settled."""
+    if config.batch_size % world_size:
+        raise AmcError(
+            f"batch size {config.batch_size} does not split evenly over {world_size} processes; "
+            f"pass a --batch-size that is a multiple of {world_size}"
+        )
+    rank_batch = config.batch_size // world_size
+    steps_per_epoch = math.ceil((len(train) // world_size) / rank_batch)
+    if steps_per_epoch == 0:
+        raise AmcError(f"{len(train)} training images cannot feed {world_size} processes; use more training images")
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = min(config.warmup_epochs * steps_per_epoch, total_steps // 2)
+    main = rank == 0
+
+    model.to(device)
+    state = _load_last(last_checkpoint_path(out), config, model) if resume and out is not None else None
+    net, module = _wrap(model, device, world_size)
+    optimizer = torch.optim.SGD(
+        _param_groups(module, config.weight_decay), lr=config.lr, momentum=config.momentum, nesterov=True
+    )
+    history: list[dict[str, float]] = []
+    best_acc, best_epoch = -1.0, 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        history, best_acc, best_epoch = list(state["history"]), state["best_val_acc"], state["best_epoch"]
+    if teacher is not None and config.distill_alpha > 0:
+        teacher.to(device).eval()
+    else:
+        teacher = None
+
+    train = ImageSet(train.images.to(device), train.labels.to(device))
+    # Validation shards keep every image (no rounding down as in `batches`): counts are summed exactly.
+    val = val.subset(torch.arange(rank, len(val), world_size))
+    val = ImageSet(val.images.to(device), val.labels.to(device))
+    augment = config.augment and train.images.shape[2] >= AUGMENT_MIN_SIZE
+
+    bar = tqdm(
+        initial=len(history), total=config.epochs, desc="fine-tuning", unit="epoch", file=sys.stderr,
+        disable=not (progress and main), dynamic_ncols=True,
+    )  # fmt: skip
+    for epoch in range(len(history), config.epochs):
+        start = time.perf_counter()
+        net.train()
+        generator = torch.Generator().manual_seed(config.seed + epoch)
+        torch.manual_seed(int(np.random.SeedSequence([config.seed, epoch, rank]).generate_state(1)[0]))
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per step
+        step = epoch * steps_per_epoch
+        for images, labels in batches(
+            train, rank_batch, mean, std, shuffle=True, augment=augment, generator=generator,
+            rank=rank, world_size=world_size,
+        ):  # fmt: skip
+            lr = config.lr * _lr_factor(step, warmup_steps, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = _loss(net(images), labels, images, teacher, config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(labels)
+            step += 1
+        loss_total, seen = _sum_over_ranks([float(loss_sum), len(train) // world_size], device, world_size)
+        train_loss = loss_total / seen
+        if not math.isfinite(train_loss):
+            raise AmcError(f"training diverged (loss {train_loss}) in epoch {epoch + 1}; lower --lr")
+
+        if world_size > 1:
+            # Each rank's BatchNorm running statistics saw only its shard; use rank 0's, which are saved.
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
+        if module is not model:
+            model.load_state_dict(module.state_dict())
+        val_acc, val_loss = _evaluate(module, val, mean, std, device, world_size)
+        history.append({
+            "epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
+            "seconds": time.perf_counter() - start,
+        })  # fmt: skip
+        if val_acc > best_acc:
+            best_acc, best_epoch = val_acc, epoch + 1
+            if main and out is not None:
+                save_fn(model, out)
+        if main and out is not None:
+            _save_last(last_checkpoint_path(out), model, optimizer, history, best_acc, best_epoch, config)
+        # Postfix first, then advance: the bar then shows each epoch's own numbers.
+        bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_acc:.2%}", best=f"{best_acc:.2%}", refresh=False)
+        bar.update()
+    bar.close()
+    # Nobody returns (and perhaps reads `out`) before rank 0 has written it.
+    distributed.barrier()
+    return FinetuneResult(best_acc, best_epoch, history[-1]["val_acc"], history)
+
+
+def _check_config(config: FinetuneConfig, teacher: nn.Module | None) -> None:
+    if config.epochs < 1 or config.batch_size < 1:
+        raise AmcError(
+            f"epochs {config.epochs} and batch size {config.batch_size} must both be at least 1; "
+            "pass positive --epochs and --batch-size"
+        )
+    if config.lr <= 0 or config.weight_decay < 0 or not 0 <= config.momentum < 1:
+        raise AmcError(
+            f"lr {config.lr}, weight decay {config.weight_decay}, momentum {config.momentum} are out of range; "
+            "use lr > 0, weight decay >= 0 and momentum in [0, 1)"
+        )
+    if config.warmup_epochs < 0 or not 0 <= config.label_smoothing < 1:
+        raise AmcError(
+            f"warm-up epochs {config.warmup_epochs} or label smoothing {config.label_smoothing} is out of range; "
+            "use warm-up >= 0 and label smoothing in [0, 1)"
+        )
+    if not 0 <= config.distill_alpha <= 1 or config.temperature <= 0:
+        raise AmcError(
+            f"distillation alpha {config.distill_alpha} or temperature {config.temperature} is out of range; "
+            "use alpha in [0, 1] and a temperature > 0"
+        )
+    if config.distill_alpha > 0 and teacher is None:
+        raise AmcError(f"distillation alpha {config.distill_alpha} needs a teacher model; pass one or set alpha to 0")
+    try:
+        device = torch.device(config.device)
+    except RuntimeError:
+        raise AmcError(f"unknown device {config.device!r}; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise AmcError(f"device {config.device!r} is not supported; use cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AmcError(f"device {config.device} was asked for but CUDA is not available here; use --device cpu")
+
+
+def _check_out(out: Path | None, resume: bool) -> None:
+    """Refuse to overwrite an earlier run's files, or to resume without them."""
+    if out is None:
+        if resume:
+            raise AmcError("resuming needs the output file of the run to continue; pass its --out")
+        return
+    last = last_checkpoint_path(out)
+    if resume:
+        if not last.is_file():
+            raise AmcError(f"cannot resume: {last} does not exist; run without --resume to start afresh")
+        return
+    existing = next((p for p in (out, last) if p.exists()), None)
+    if existing is not None:
+        raise AmcError(f"{existing} already exists; pass --resume to continue that run or choose another --out")
+
+
+def _load_last(path: Path, config: FinetuneConfig, model: nn.Module) -> dict[str, Any]:
+    """Read a resume state written by `_save_last`, check it fits `config`, and load its weights into `model`."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise AmcError(
+            f"cannot resume from {path}: not a readable torch file ({type(exc).__name__}); "
+            "delete it and run without --resume"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != _LAST_FORMAT:
+        raise AmcError(f"cannot resume from {path}: it is not a fine-tuning state; choose another --out")
+    current = asdict(config)
+    for key, value in current.items():
+        saved = state["config"].get(key)
+        if key not in _RESUMABLE_CHANGES and saved != value:
+            raise AmcError(
+                f"cannot resume from {path}: it was written with {key}={saved!r} but this run has {key}={value!r}; "
+                "resume with the same settings (only epochs may grow) or choose another --out"
+            )
+    done = len(state["history"])
+    if done > config.epochs:
+        raise AmcError(
+            f"{path} has already trained {done} epochs, more than the {config.epochs} asked; "
+            f"pass --epochs {done} or more"
+        )
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        raise AmcError(
+            f"cannot resume from {path}: its weights do not fit this model (another architecture or pruning); "
+            "resume with the same model or choose another --out"
+        ) from None
+    return state
+
+
+def _save_last(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    history: list[dict[str, float]],
+    best_acc: float,
+    best_epoch: int,
+    config: FinetuneConfig,
+) -> None:
+    """Write everything a resumed run needs; no RNG state, since every epoch reseeds its generators."""
+    state = {
+        "format": _LAST_FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "history": history,
+        "best_val_acc": best_acc,
+        "best_epoch": best_epoch,
+        "config": asdict(config),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _wrap(model: nn.Module, device: torch.device, world_size: int) -> tuple[nn.Module, nn.Module]:
+    """(what to call in training, the plain module it trains); the same object without DDP."""
+    if world_size == 1:
+        return model, model
+    if device.type == "cuda":
+        # SyncBatchNorm normalizes over the global batch. It trains a copy, so `model` keeps plain
+        # BatchNorm layers for `save_fn` and export; the copy's weights are loaded back every epoch.
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model))
+        return DistributedDataParallel(module, device_ids=[device.index]), module
+    # On CPU each rank normalizes its own shard's batch; DDP broadcasts rank 0's running statistics.
+    return DistributedDataParallel(model), model
+
+
+def _param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay for kernels and weight matrices only; BatchNorm scales/shifts and biases (ndim <= 1) get none."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Multiplier of the peak lr at 0-based `step`: linear warm-up, then a cosine reaching 0 after the last step."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / (total_steps - warmup_steps)))
+
+
+def _loss(
+    logits: torch.Tensor, labels: torch.Tensor, images: torch.Tensor, teacher: nn.Module | None, config: FinetuneConfig
+) -> torch.Tensor:
+    """Cross-entropy, blended with Hinton's distillation loss when there is a teacher; a scalar tensor."""
+    ce = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+    if teacher is None:
+        return ce
+    with torch.no_grad():
+        teacher_logits = teacher(images)
+    t, a = config.temperature, config.distill_alpha
+    # KL(p_teacher || p_student) from log-probabilities; T^2 keeps its gradients on the scale of CE's.
+    student_log_p, teacher_log_p = F.log_softmax(logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1)
+    kl = F.kl_div(student_log_p, teacher_log_p, reduction="batchmean", log_target=True)
+    return (1 - a) * ce + a * t * t * kl
+
+
+def _evaluate(
+    module: nn.Module, val: ImageSet, mean: Sequence[float], std: Sequence[float], device: torch.device, world_size: int
+) -> tuple[float, float]:
+    """(top-1 accuracy, mean cross-entropy) over the validation shards of all ranks together."""
+    correct, loss_sum = 0, 0.0
+    for images, labels in batches(val, _EVAL_BATCH, mean, std):
+        acc, loss = accuracy(module, images, labels, batch_size=len(labels))
+        correct += round(acc * len(labels))
+        loss_sum += loss * len(labels)
+    correct_total, loss_total, seen = _sum_over_ranks([correct, loss_sum, len(val)], device, world_size)
+    return correct_total / seen, loss_total / seen
+
+
+def _sum_over_ranks(values: list[float], device: torch.device, world_size: int) -> list[float]:
+    """Each value summed over all processes (as float64 on `device`, which NCCL needs); unchanged with one process."""
+    if world_size == 1:
+        return values
+    totals = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(totals)
+    return totals.tolist()
