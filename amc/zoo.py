@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from amc.data import batches, load_dataset, resolve_cache_dir
+from amc.data import batches, default_val_size, load_dataset, resolve_cache_dir, split_train_val
 from amc.fileio import atomic_torch_save
 from amc.models import create_model
 
@@ -20,18 +20,20 @@ DIGITS_EPOCHS = 12
 
 def digits_checkpoint(cache_dir: str | Path | None = None) -> Path:
     """Path of a trained `digits_cnn` checkpoint (`{"state_dict", "arch", "num_classes", "mean", "std"}`),
-    trained with Adam for `DIGITS_EPOCHS` epochs on the digits train split on first use."""
-    path = resolve_cache_dir(cache_dir) / f"digits_cnn-e{DIGITS_EPOCHS}.pt"
+    trained with Adam for `DIGITS_EPOCHS` epochs on first use. It is trained on the train split minus the
+    default held-out `val` part (seed 0), so search rewards on that part are honest."""
+    path = resolve_cache_dir(cache_dir) / f"digits_cnn-e{DIGITS_EPOCHS}-heldout.pt"
     if path.exists():
         return path
     data = load_dataset("digits")
+    train_idx, _ = split_train_val(len(data.train), default_val_size(len(data.train)), seed=0)
     torch.manual_seed(0)
     model = create_model("digits_cnn", data.num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     generator = torch.Generator().manual_seed(0)
     model.train()
     for _ in range(DIGITS_EPOCHS):
-        for x, y in batches(data.train, 64, data.mean, data.std, shuffle=True, generator=generator):
+        for x, y in batches(data.train.subset(train_idx), 64, data.mean, data.std, shuffle=True, generator=generator):
             optimizer.zero_grad()
             F.cross_entropy(model(x), y).backward()
             optimizer.step()

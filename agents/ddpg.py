@@ -1,0 +1,138 @@
+"""SB3 off-policy agents configured as AMC's: DDPG by default, TD3 or SAC by flag.
+
+AMC explores with a truncated normal around the actor's action, sigma = sigma0 * decay^(episodes
+after warm-up); SB3's `ActionNoise` cannot see the actor's action, so `_sample_action` is overridden.
+AMC also trains actor and critic with different learning rates (1e-4 / 1e-3), where SB3 has one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3 import DDPG, SAC, TD3
+from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.utils import update_learning_rate
+
+
+def truncated_normal(mu: np.ndarray, sigma: float, low: float, high: float, rng: np.random.Generator) -> np.ndarray:
+    """Samples of N(mu, sigma^2) truncated to [low, high], by rejection (falls back to clipping)."""
+    out = np.array(mu, dtype=np.float64)
+    todo = np.ones(out.shape, dtype=bool)
+    for _ in range(100):
+        draw = rng.normal(mu, sigma)
+        ok = todo & (draw >= low) & (draw <= high)
+        out[ok] = draw[ok]
+        todo &= ~ok
+        if not todo.any():
+            return out
+    return np.clip(out, low, high)
+
+
+class AMCMixin:
+    """AMC's exploration and per-network learning rates for an SB3 off-policy algorithm.
+
+    `warmup_episodes` episodes of uniform random actions come first (SB3's `learning_starts`, counted
+    in steps, is set from it by `make_agent`); then actions are drawn around the actor's.
+    """
+
+    sigma0: float = 0.5
+    sigma_decay: float = 0.95
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-3
+    warmup_episodes: int = 100
+
+    def exploration_sigma(self) -> float:
+        """Standard deviation of the exploration noise for the current episode (action units)."""
+        return self.sigma0 * self.sigma_decay ** max(0, self._episode_num - self.warmup_episodes)
+
+    def _sample_action(
+        self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.num_timesteps < learning_starts or isinstance(self, SAC):
+            return super()._sample_action(learning_starts, action_noise, n_envs)
+        mu, _ = self.predict(self._last_obs, deterministic=True)
+        low, high = self.action_space.low, self.action_space.high
+        action = truncated_normal(mu, self.exploration_sigma(), low, high, self._noise_rng).astype(np.float32)
+        return action, self.policy.scale_action(action)
+
+    def _update_learning_rate(self, optimizers: list[th.optim.Optimizer] | th.optim.Optimizer) -> None:
+        if not isinstance(optimizers, list):
+            optimizers = [optimizers]
+        # TD3/DDPG pass [actor, critic]; SAC passes [actor, critic] plus the entropy optimizer
+        rates = [self.actor_lr, self.critic_lr] + [self.critic_lr] * (len(optimizers) - 2)
+        for optimizer, lr in zip(optimizers, rates):
+            update_learning_rate(optimizer, lr)
+        self.logger.record("train/actor_lr", self.actor_lr)
+        self.logger.record("train/critic_lr", self.critic_lr)
+
+    def set_random_seed(self, seed: int | None = None) -> None:
+        super().set_random_seed(seed)
+        self._noise_rng = np.random.default_rng(seed)
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_noise_rng"]
+
+
+class AMCDDPG(AMCMixin, DDPG):
+    """DDPG as in AMC (the default)."""
+
+
+class AMCTD3(AMCMixin, TD3):
+    """TD3 with AMC's exploration, learning rates and warm-up."""
+
+
+class AMCSAC(AMCMixin, SAC):
+    """SAC with AMC's learning rates and warm-up; it explores with its own stochastic policy."""
+
+
+ALGORITHMS: dict[str, type[OffPolicyAlgorithm]] = {"ddpg": AMCDDPG, "td3": AMCTD3, "sac": AMCSAC}
+
+
+def make_agent(
+    algo: str,
+    env: Any,
+    n_steps_per_episode: int,
+    *,
+    warmup_episodes: int = 100,
+    replay_episodes: int = 100,
+    hidden: int = 300,
+    actor_lr: float = 1e-4,
+    critic_lr: float = 1e-3,
+    tau: float = 0.01,
+    gamma: float = 1.0,
+    batch_size: int = 64,
+    sigma0: float = 0.5,
+    sigma_decay: float = 0.95,
+    seed: int = 0,
+    device: str = "cpu",
+) -> OffPolicyAlgorithm:
+    """An SB3 agent with AMC's reference hyper-parameters (see `docs` in the README).
+
+    Training happens after every episode, one gradient step per stored transition
+    (`train_freq=(1, "episode")`, `gradient_steps=-1`); the replay buffer holds `replay_episodes`
+    episodes; the first `warmup_episodes` episodes act uniformly at random and do not train.
+    """
+    if algo not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
+    cls = ALGORITHMS[algo]
+    kwargs: dict[str, Any] = dict(
+        learning_rate=critic_lr,
+        buffer_size=replay_episodes * n_steps_per_episode,
+        learning_starts=warmup_episodes * n_steps_per_episode,
+        batch_size=batch_size,
+        tau=tau,
+        gamma=gamma,
+        train_freq=(1, "episode"),
+        gradient_steps=-1,
+        policy_kwargs={"net_arch": {"pi": [hidden, hidden], "qf": [hidden, hidden]}},
+        seed=seed,
+        device=device,
+        verbose=0,
+    )
+    agent = cls("MlpPolicy", env, **kwargs)
+    agent.sigma0, agent.sigma_decay, agent.warmup_episodes = sigma0, sigma_decay, warmup_episodes
+    agent.actor_lr, agent.critic_lr = actor_lr, critic_lr
+    return agent
