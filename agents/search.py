@@ -60,7 +60,7 @@ class SearchConfig:
     rbound: float = 1.0
     importance: str = "l1"
     calib_size: int = 3000
-    bn_size: int = 1000
+    bn_size: int = 500
     device: str = "cpu"
     out: str = "runs/amc"
 

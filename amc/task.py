@@ -125,7 +125,7 @@ def prepare_task(
     val_size: int | None = None,
     seed: int = 0,
     calib_size: int = 3000,
-    bn_size: int = 1000,
+    bn_size: int = 500,
     positions: int = 10,
     importance: Importance = "l1",
     reconstruct: bool = True,
