@@ -1,0 +1,114 @@
+"""The AMC search on the embedded digits model: it learns, beats uniform, reproduces and resumes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stable_baselines3.common.logger import Logger
+
+from agents.ddpg import make_agent, truncated_normal
+from agents.search import SearchConfig, run_search
+from amc.budget import Budget
+from amc.errors import AmcError
+from amc.policy import Policy
+from amc.task import prepare_task
+from amc.zoo import digits_checkpoint
+from envs.channel_pruning import ChannelPruningEnv
+
+
+@pytest.fixture(scope="module")
+def task():
+    return prepare_task("digits_cnn", digits_checkpoint(), "digits", seed=0)
+
+
+def config(tmp_path: Path, name: str, **kw) -> SearchConfig:
+    base = SearchConfig(checkpoint=str(digits_checkpoint()), budget_ratio=0.3, episodes=12, warmup=4,
+                        out=str(tmp_path / name))
+    return replace(base, **kw)
+
+
+def rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "episodes.csv", newline="") as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+
+def test_search_learns_and_beats_uniform(task, tmp_path):
+    result = run_search(config(tmp_path, "learn", episodes=60, warmup=20), progress=False, task=task)
+    rewards = [float(r["reward"]) for r in rows(result.run_dir)]
+    assert len(rewards) == 60
+    assert result.best["val_accuracy"] > result.uniform["val_accuracy"]
+    # after warm-up the agent's policies are better on average than uniformly random ones
+    assert np.mean(rewards[20:]) > np.mean(rewards[:20])
+    assert result.best["predicted"]["macs_ratio"] <= 0.3
+
+
+def test_run_folder(task, tmp_path):
+    cfg = config(tmp_path, "run")
+    result = run_search(cfg, progress=False, task=task)
+    run = result.run_dir
+    for name in ("config.json", "episodes.csv", "best_policy.json", "agent.zip", "rewards.png", "best_policy.png"):
+        assert (run / name).exists(), name
+    assert json.loads((run / "config.json").read_text())["episodes"] == 12
+    assert [int(r["episode"]) for r in rows(run)] == list(range(1, 13))
+    policy = Policy.load(run / "best_policy.json")
+    assert policy.counts_for(task.pruner).shape == (len(task.pruner.groups),)
+    with pytest.raises(AmcError, match="--resume"):
+        run_search(cfg, progress=False, task=task)
+    run_search(cfg, force=True, progress=False, task=task)
+
+
+def test_seeded_search_reproduces(task, tmp_path):
+    first = run_search(config(tmp_path, "a"), progress=False, task=task)
+    second = run_search(config(tmp_path, "b"), progress=False, task=task)
+    assert rows(first.run_dir) == rows(second.run_dir)
+
+
+def test_resume_continues_exactly(task, tmp_path):
+    whole = run_search(config(tmp_path, "whole"), progress=False, task=task)
+    cut = config(tmp_path, "cut", episodes=7)
+    run_search(cut, progress=False, task=task)
+    resumed = run_search(replace(cut, episodes=12), resume=True, progress=False, task=task)
+    assert resumed.episodes == 12
+    assert rows(resumed.run_dir) == rows(whole.run_dir)
+
+
+def test_resume_refuses_other_arguments(task, tmp_path):
+    cfg = config(tmp_path, "args")
+    run_search(cfg, progress=False, task=task)
+    with pytest.raises(AmcError, match="--seed"):
+        run_search(replace(cfg, seed=1), resume=True, progress=False, task=task)
+
+
+def test_agent_is_configured_as_amc(task):
+    env = ChannelPruningEnv(task.pruner, task.evaluator, Budget("flops", 0.5))
+    agent = make_agent("ddpg", env, env.n_groups, warmup_episodes=100)
+    assert agent.learning_starts == 100 * env.n_groups
+    assert agent.replay_buffer.buffer_size == 100 * env.n_groups
+    assert (agent.tau, agent.gamma, agent.batch_size) == (0.01, 1.0, 64)
+    layers = [m.out_features for m in agent.actor.mu if hasattr(m, "out_features")]
+    assert layers == [300, 300, 1]
+    agent.set_logger(Logger(None, []))
+    agent._update_learning_rate([agent.actor.optimizer, agent.critic.optimizer])
+    assert agent.actor.optimizer.param_groups[0]["lr"] == 1e-4
+    assert agent.critic.optimizer.param_groups[0]["lr"] == 1e-3
+    agent._episode_num = 110
+    assert agent.exploration_sigma() == pytest.approx(0.5 * 0.95**10)
+
+
+@pytest.mark.parametrize("algo", ["td3", "sac"])
+def test_other_algorithms_run(task, tmp_path, algo):
+    result = run_search(config(tmp_path, algo, algo=algo, episodes=6, warmup=2), progress=False, task=task)
+    assert result.episodes == 6
+
+
+def test_truncated_normal_stays_in_bounds():
+    rng = np.random.default_rng(0)
+    draws = truncated_normal(np.full(10000, 0.95), 0.5, 0.0, 1.0, rng)
+    assert draws.min() >= 0.0 and draws.max() <= 1.0
+    assert 0.5 < draws.mean() < 0.95
