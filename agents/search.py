@@ -60,7 +60,7 @@ class SearchConfig:
     rbound: float = 1.0
     importance: str = "l1"
     calib_size: int = 3000
-    bn_size: int = 500
+    bn_size: int = 256
     device: str = "cpu"
     out: str = "runs/amc"
 

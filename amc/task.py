@@ -74,17 +74,22 @@ class RewardEvaluator:
 
     `val_x` [N, C, H, W] are normalized val images, `val_y` [N] labels; `bn_x` are normalized TRAIN
     images on which BatchNorm statistics are re-estimated after pruning (None: keep the original
-    statistics). The pruned model is physically smaller, so a 50% budget costs about half a dense pass.
+    statistics). The pruned model is physically smaller, so a 50% budget costs about half a dense pass;
+    images and model are kept channels-last, which runs CPU convolutions about 1.8x faster.
     """
 
     def __init__(self, pruner: ChannelPruner, val_x: torch.Tensor, val_y: torch.Tensor, *,
                  bn_x: torch.Tensor | None = None, reconstruct: bool = True) -> None:
-        self.pruner, self.val_x, self.val_y, self.bn_x, self.reconstruct = pruner, val_x, val_y, bn_x, reconstruct
+        self.pruner, self.val_y, self.reconstruct = pruner, val_y, reconstruct
+        self.val_x = _channels_last(val_x)
+        self.bn_x = None if bn_x is None else _channels_last(bn_x)
 
     def prune(self, counts: np.ndarray) -> nn.Module:
         """The pruned model for kept counts `counts` [G] as evaluated (re-fitted, BatchNorm re-estimated)."""
         keep = self.pruner.keep_indices(dict(zip(self.pruner.names, counts.tolist())))
         model = self.pruner.prune(keep, reconstruct=self.reconstruct)
+        if self.val_x.dim() == 4:
+            model = model.to(memory_format=torch.channels_last)
         if self.bn_x is not None:
             recalibrate_batchnorm(model, self.bn_x)
         return model
@@ -92,6 +97,10 @@ class RewardEvaluator:
     def __call__(self, counts: np.ndarray) -> Evaluation:
         acc, loss = accuracy(self.prune(counts), self.val_x, self.val_y)
         return Evaluation(acc, loss)
+
+
+def _channels_last(images: torch.Tensor) -> torch.Tensor:
+    return images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
 
 
 @dataclass
@@ -125,7 +134,7 @@ def prepare_task(
     val_size: int | None = None,
     seed: int = 0,
     calib_size: int = 3000,
-    bn_size: int = 500,
+    bn_size: int = 256,
     positions: int = 10,
     importance: Importance = "l1",
     reconstruct: bool = True,
