@@ -269,7 +269,8 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
     finally:
         recorder.close()
     recorder.checkpoint(callback.baseline)
-    agent.save(run.path / "agent.zip")
+    shutil.copyfile(run.ckpt / "agent.zip", run.path / "agent.tmp.zip")
+    (run.path / "agent.tmp.zip").replace(run.path / "agent.zip")
 
     uniform_counts_ = uniform_counts(task.pruner, env.cost, env.target)
     uniform_eval = task.evaluator(uniform_counts_)
@@ -279,3 +280,30 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
 
     plot_run(log.read(), state.best, task.pruner.names, run.path)
     return SearchResult(run.path, state.best or {}, uniform, state.episode, time.monotonic() - started)
+
+
+def policy_from_agent(agent_zip: str | Path, task: Task, budget: Budget) -> tuple[np.ndarray, dict[str, Any]]:
+    """Run a trained agent's actor deterministically through the environment at `budget`.
+
+    The budget may differ from the one it was trained for (and the model too: the state features are
+    scaled per model). Bounds, reward and algorithm come from the run's `config.json` beside the agent.
+    Returns the kept channel counts [G] and the final step's info (val accuracy, MACs, ...).
+    """
+    agent_zip = Path(agent_zip)
+    if not agent_zip.is_file():
+        raise AmcError(f"agent file {agent_zip} does not exist; pass the agent.zip of a finished amc train-agent run")
+    config_file = agent_zip.parent / "config.json"
+    saved = json.loads(config_file.read_text()) if config_file.exists() else {}
+    algo = saved.get("algo", "ddpg")
+    try:
+        agent = ALGORITHMS[algo].load(agent_zip, device="cpu")
+    except Exception as exc:
+        raise AmcError(f"cannot load agent {agent_zip} ({type(exc).__name__}: {exc}); pass an agent.zip written by amc train-agent") from None
+    env = ChannelPruningEnv(task.pruner, task.evaluator, budget, reward=saved.get("reward", "acc"),
+                            lbound=saved.get("lbound", 0.2), rbound=saved.get("rbound", 1.0))
+    obs, _ = env.reset(seed=0)
+    done, info = False, {}
+    while not done:
+        action, _ = agent.predict(obs, deterministic=True)
+        obs, _, done, _, info = env.step(action)
+    return np.array(info["counts"]), info

@@ -13,7 +13,7 @@ import pytest
 from stable_baselines3.common.logger import Logger
 
 from agents.ddpg import make_agent, truncated_normal
-from agents.search import SearchConfig, run_search
+from agents.search import SearchConfig, policy_from_agent, run_search
 from amc.budget import Budget
 from amc.errors import AmcError
 from amc.policy import Policy
@@ -61,6 +61,17 @@ def test_run_folder(task, tmp_path):
     with pytest.raises(AmcError, match="--resume"):
         run_search(cfg, progress=False, task=task)
     run_search(cfg, force=True, progress=False, task=task)
+
+
+def test_trained_agent_applies_at_a_new_budget(task, tmp_path):
+    result = run_search(config(tmp_path, "agent"), progress=False, task=task)
+    for ratio in (0.3, 0.6):
+        counts, info = policy_from_agent(result.run_dir / "agent.zip", task, Budget("flops", ratio))
+        dense = task.pruner.cost.macs(task.pruner.channels)
+        assert ratio - 0.03 <= task.pruner.cost.macs(counts) / dense <= ratio
+        assert 0 <= info["accuracy"] <= 1
+    with pytest.raises(AmcError, match="does not exist"):
+        policy_from_agent(tmp_path / "missing.zip", task, Budget("flops", 0.5))
 
 
 def test_seeded_search_reproduces(task, tmp_path):
