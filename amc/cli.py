@@ -1,0 +1,443 @@
+"""The `amc` command line: `amc eval | profile | baseline | apply ...`.
+
+A subcommand is one function `(args) -> exit code` registered with `@command(...)`, which names the
+shared flags it takes (each defined once in `_SHARED_FLAGS`, so every command spells and documents them
+the same way) and, optionally, a function adding its own flags. Errors the user can fix (`AmcError`)
+print one line `amc: error: ...` and exit 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from amc import __version__
+from amc.augment import normalize
+from amc.budget import Budget, CostFn, check_reachable, cost_function, uniform_counts
+from amc.data import Dataset, default_val_size, load_dataset, split_train_val
+from amc.errors import AmcError
+from amc.evaluate import accuracy, cpu_latency
+from amc.flops import count_macs_params
+from amc.policy import Policy
+from amc.pruned_model import load_model, read_model_info, save_pruned
+from amc.pruner import ChannelPruner
+from amc.task import TrainedModel, load_trained_model, prepare_task
+
+CommandFn = Callable[[argparse.Namespace], int]
+AddArguments = Callable[[argparse.ArgumentParser], None]
+AddShared = Callable[[argparse.ArgumentParser, bool], None]
+
+# ----------------------------------------------------------------------------------------------------
+# Shared flags and command registration
+
+
+def _input_shape(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not C,H,W (three positive integers, e.g. 3,32,32)")
+    c, h, w = (int(p) for p in parts)
+    return c, h, w
+
+
+def _flag(*names: str, **kwargs: Any) -> AddShared:
+    def add(parser: argparse.ArgumentParser, required: bool) -> None:
+        parser.add_argument(*names, required=required, **kwargs)
+
+    return add
+
+
+def _budget_flags(parser: argparse.ArgumentParser, required: bool) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--target-flops", type=float, metavar="R", help="keep at most R of the dense MACs, R in (0, 1]")
+    group.add_argument("--target-params", type=float, metavar="R", help="keep at most R of the dense parameters")
+
+
+_SHARED_FLAGS: dict[str, AddShared] = {
+    "model": _flag(
+        "--model", metavar="MODEL", help="registered name (e.g. resnet56), pkg.mod:factory, file.py:factory, "
+        "or (eval, profile) an amc pruned-model file NAME.pt",
+    ),
+    "checkpoint": _flag("--checkpoint", metavar="FILE", help="trained weights of the dense model (torch file)"),
+    "dataset": _flag("--dataset", metavar="NAME", help="digits, cifar10, cifar100, imagefolder or synthetic"),
+    "data_dir": _flag("--data-dir", metavar="DIR", help="folder holding the dataset's files"),
+    "input_shape": _flag(
+        "--input-shape", type=_input_shape, default=(3, 32, 32), metavar="C,H,W",
+        help="one input's shape, used when no --dataset is given (default 3,32,32)",
+    ),
+    "seed": _flag("--seed", type=int, default=0, help="seed of the train/val split and calibration sample (default 0)"),
+    "val_size": _flag(
+        "--val-size", type=int, metavar="N",
+        help="TRAIN images held out as the val split (default: a fifth, at most 5000)",
+    ),
+    "out": _flag("--out", metavar="FILE", help="file to write"),
+    "force": _flag("--force", action="store_true", help="overwrite --out if it exists"),
+    "budget": _budget_flags,
+    "json": _flag("--json", action="store_true", help="print the result as one JSON object"),
+    "debug": _flag("--debug", action="store_true", help="show the traceback of an error"),
+}
+_EVERY_COMMAND = ("json", "debug")
+
+
+@dataclass(frozen=True)
+class _Command:
+    run: CommandFn
+    help: str
+    shared: tuple[str, ...]
+    required: tuple[str, ...]
+    arguments: AddArguments | None
+
+
+_COMMANDS: dict[str, _Command] = {}
+
+
+def command(
+    name: str,
+    help: str,
+    *,
+    shared: Sequence[str],
+    required: Sequence[str] = ("model",),
+    arguments: AddArguments | None = None,
+) -> Callable[[CommandFn], CommandFn]:
+    """Register the decorated function as `amc NAME`.
+
+    `shared` names the flags of `_SHARED_FLAGS` it takes (--json and --debug always), `required` those
+    of them that must be given, and `arguments` adds the command's own flags to its parser.
+    """
+
+    def register(run: CommandFn) -> CommandFn:
+        wrong = (set(shared) | set(required)) - set(_SHARED_FLAGS) or set(required) - set(shared)
+        if wrong:
+            raise ValueError(f"command {name}: shared flags {sorted(wrong)} are unknown or not in `shared`")
+        _COMMANDS[name] = _Command(run, help, tuple(shared), tuple(required), arguments)
+        return run
+
+    return register
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `amc` argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(prog="amc", description="AMC: channel pruning of trained CNNs under a budget.")
+    parser.add_argument("--version", action="version", version=f"amc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, cmd in _COMMANDS.items():
+        shared = argparse.ArgumentParser(add_help=False)
+        for flag in (*cmd.shared, *_EVERY_COMMAND):
+            _SHARED_FLAGS[flag](shared, flag in cmd.required)
+        child = sub.add_parser(name, parents=[shared], help=cmd.help, description=cmd.help)
+        if cmd.arguments is not None:
+            cmd.arguments(child)
+        child.set_defaults(run=cmd.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `amc` with `argv` (default: the process's arguments); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse's own errors (exit 2), --help and --version (exit 0)
+        return exc.code if isinstance(exc.code, int) else 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return args.run(args)
+        except AmcError as exc:
+            if args.debug:
+                raise
+            print(f"amc: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("amc: interrupted", file=sys.stderr)
+            return 130
+        except Exception as exc:
+            if args.debug:
+                raise
+            text = " ".join(str(exc).split())
+            print(f"amc: internal error: {type(exc).__name__}: {text}; rerun with --debug for the traceback",
+                  file=sys.stderr)
+            return 1
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    # One line per warning, like errors: where in amc it was raised does not help the user.
+    print(f"amc: warning: {message}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Helpers shared by commands
+
+
+def _is_model_file(spec: str) -> bool:
+    """True when --model names an amc pruned-model file rather than a dense model."""
+    return spec.endswith(".pt")
+
+
+def _dataset(args: argparse.Namespace) -> Dataset | None:
+    return load_dataset(args.dataset, args.data_dir) if args.dataset else None
+
+
+def _trained_model(args: argparse.Namespace, data: Dataset | None) -> TrainedModel:
+    """The model --model (and --checkpoint) name, with its input shape and normalization.
+
+    --model may be an amc pruned-model file, which carries its own weights, shape and normalization.
+    """
+    if not _is_model_file(args.model):
+        # Commands that require --dataset have no --input-shape flag.
+        shape = data.image_shape if data is not None else args.input_shape
+        trained = load_trained_model(args.model, args.checkpoint, dataset=data, input_shape=shape)
+        _check_forward(trained.module, trained.input_shape, args.model)
+        return trained
+    if args.checkpoint:
+        raise AmcError(f"{args.model} is a pruned-model file with its own weights; drop --checkpoint")
+    info = read_model_info(args.model)
+    shape = tuple(info["input_shape"])
+    if data is not None and tuple(data.image_shape) != shape:
+        raise AmcError(
+            f"{args.model} takes inputs of shape {shape} but dataset {data.name} has {tuple(data.image_shape)}; "
+            "pass the dataset the model was pruned on"
+        )
+    return TrainedModel(load_model(args.model), args.model, info["num_classes"], shape, tuple(info["mean"]),
+                        tuple(info["std"]))
+
+
+def _check_forward(model: nn.Module, input_shape: Sequence[int], spec: str) -> None:
+    """AmcError when the model cannot take inputs of `input_shape` (e.g. a CIFAR model on 8x8 digits)."""
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape))
+    except Exception as exc:
+        raise AmcError(
+            f"model {spec} fails on inputs of shape {tuple(input_shape)} ({type(exc).__name__}); "
+            "pass the dataset or --input-shape it was built for"
+        ) from exc
+
+
+def _budget(args: argparse.Namespace) -> Budget:
+    if args.target_flops is not None:
+        return Budget("flops", args.target_flops)
+    return Budget("params", args.target_params)
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """Refuse to overwrite --out without --force; called before any work is done."""
+    if Path(args.out).exists() and not args.force:
+        raise AmcError(f"{args.out} already exists; pass --force to overwrite it or choose another --out")
+
+
+def _print_json(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def _print_rows(rows: list[tuple[str, str]]) -> None:
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# amc eval
+
+
+def _eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split", choices=("test", "val"), default="test",
+                        help="test split, or val: the seeded held-out part of TRAIN (--val-size, --seed)")
+
+
+@command(
+    "eval", "accuracy, MACs, parameters and CPU latency of a model (dense, or an amc pruned-model file)",
+    shared=("model", "checkpoint", "dataset", "data_dir", "seed", "val_size"),
+    required=("model", "dataset"),
+    arguments=_eval_arguments,
+)
+def run_eval(args: argparse.Namespace) -> int:
+    data = load_dataset(args.dataset, args.data_dir)
+    trained = _trained_model(args, data)
+    if args.split == "test":
+        images, labels = data.test.images, data.test.labels
+    else:
+        n_train = len(data.train)
+        val_size = default_val_size(n_train) if args.val_size is None else args.val_size
+        _, val_idx = split_train_val(n_train, val_size, args.seed)
+        images, labels = data.train.images[val_idx], data.train.labels[val_idx]
+    acc, _ = accuracy(trained.module, normalize(images, trained.mean, trained.std), labels)
+    macs, params = count_macs_params(trained.module, trained.input_shape)
+    latency = cpu_latency(trained.module, trained.input_shape)
+    threads = torch.get_num_threads()
+    if args.json:
+        _print_json({"model": args.model, "split": args.split, "accuracy": acc, "images": len(labels), "macs": macs,
+                     "params": params, "latency_ms": latency, "threads": threads})
+        return 0
+    _print_rows([
+        ("model", args.model),
+        ("split", f"{args.split} ({len(labels)} images)"),
+        ("accuracy", f"{100 * acc:.2f}%"),
+        ("MACs", f"{macs:,}"),
+        ("params", f"{params:,}"),
+        ("latency", f"{latency:.3f} ms (batch 1, {threads} CPU threads)"),
+    ])
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# amc profile
+
+
+@command(
+    "profile", "the prunable channel groups of a model and their share of its MACs (needs only shapes)",
+    shared=("model", "checkpoint", "dataset", "data_dir", "input_shape"),
+)
+def run_profile(args: argparse.Namespace) -> int:
+    trained = _trained_model(args, _dataset(args))
+    pruner = ChannelPruner(trained.module, trained.input_shape)
+    macs, params = count_macs_params(trained.module, trained.input_shape)
+    groups = [
+        {"name": g.name, "channels": g.channels, "macs": int(share), "min_keep": g.min_keep, "consumer": g.consumer}
+        for g, share in zip(pruner.groups, pruner.cost.group_macs())
+    ]
+    if args.json:
+        _print_json({"model": args.model, "macs": macs, "params": params, "groups": groups})
+        return 0
+    width = max([len("group"), *(len(g["name"]) for g in groups)])
+    print(f"{'group':<{width}}  {'channels':>8}  {'MACs %':>7}  {'min_keep':>8}  refit consumer")
+    for g in groups:
+        print(f"{g['name']:<{width}}  {g['channels']:>8}  {100 * g['macs'] / macs:>7.2f}  {g['min_keep']:>8}  "
+              f"{g['consumer'] or '-'}")
+    print(f"\n{len(groups)} groups; dense model: {macs:,} MACs, {params:,} params, input {trained.input_shape}")
+    print("MACs %: share of the dense MACs in the layers a group's channels come from or feed "
+          "(a layer between two groups counts for both)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# amc baseline
+
+# A method maps (pruner, cost of kept counts, absolute target cost, parsed arguments) to kept counts [G].
+BaselineMethod = Callable[[ChannelPruner, CostFn, float, argparse.Namespace], np.ndarray]
+
+
+def _uniform(pruner: ChannelPruner, cost: CostFn, target: float, args: argparse.Namespace) -> np.ndarray:
+    """The same preserve ratio in every group, the largest that meets the budget."""
+    return uniform_counts(pruner, cost, target)
+
+
+BASELINES: dict[str, BaselineMethod] = {"uniform": _uniform}
+
+
+def _baseline_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", choices=sorted(BASELINES), default="uniform", help="how counts are chosen")
+    parser.add_argument("--lbound", type=float, default=0.0,
+                        help="fewest channels a group keeps, as a fraction of its channels (default 0)")
+
+
+@command(
+    "baseline", "write a baseline pruning policy that meets a budget",
+    shared=("model", "checkpoint", "dataset", "data_dir", "input_shape", "out", "force", "budget"),
+    required=("model", "out", "budget"),
+    arguments=_baseline_arguments,
+)
+def run_baseline(args: argparse.Namespace) -> int:
+    _check_out(args)
+    budget = _budget(args)
+    if not 0.0 <= args.lbound < 1.0:
+        raise AmcError(f"--lbound {args.lbound} is outside [0, 1); pass e.g. --lbound 0.2")
+    trained = _trained_model(args, _dataset(args))
+    pruner = ChannelPruner(trained.module, trained.input_shape)
+    cost = cost_function(pruner, budget.kind)
+    target = check_reachable(pruner, cost, budget, args.lbound)
+    counts = BASELINES[args.method](pruner, cost, target, args)
+    policy = Policy.from_counts(pruner, args.model, counts, budget, method=args.method, lbound=args.lbound)
+    policy.save(args.out)
+    p = policy.predicted
+    if args.json:
+        _print_json({"out": args.out, "method": args.method, **p})
+    else:
+        print(f"wrote {args.out}: {args.method} policy, MACs {p['macs']:,} ({100 * p['macs_ratio']:.2f}% of dense), "
+              f"params {p['params']:,} ({100 * p['params_ratio']:.2f}% of dense)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# amc apply
+
+
+def _apply_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--policy", metavar="FILE", help="policy JSON (from amc baseline or a search)")
+    source.add_argument("--agent", metavar="FILE",
+                        help="a trained agent, to prune for a new budget (not available yet)")
+    parser.add_argument("--no-reconstruct", action="store_true",
+                        help="skip the least-squares re-fit of the layers that consume pruned channels")
+
+
+@command(
+    "apply", "prune a model with a policy and write the pruned-model file",
+    shared=("model", "checkpoint", "dataset", "data_dir", "input_shape", "out", "force", "seed", "val_size"),
+    required=("model", "out"),
+    arguments=_apply_arguments,
+)
+def run_apply(args: argparse.Namespace) -> int:
+    _check_out(args)
+    if args.agent is not None:
+        raise AmcError("--agent is not available yet; pass --policy FILE (e.g. from amc baseline)")
+    if _is_model_file(args.model):
+        raise AmcError(f"apply prunes a dense model; {args.model} is a pruned-model file: pass its base model")
+    reconstruct = not args.no_reconstruct
+    if not args.dataset and reconstruct:
+        raise AmcError("apply without --dataset has no calibration images for the re-fit; "
+                       "pass --dataset (and --data-dir), or --no-reconstruct")
+    policy = Policy.load(args.policy)
+    if policy.model != args.model:
+        warnings.warn(f"policy {args.policy} was made for model {policy.model}; applying it to {args.model}")
+
+    task = None
+    if args.dataset:
+        task = prepare_task(args.model, args.checkpoint, args.dataset, args.data_dir, val_size=args.val_size,
+                            seed=args.seed, reconstruct=reconstruct)
+        trained, pruner = task.model, task.pruner
+    else:
+        trained = load_trained_model(args.model, args.checkpoint, input_shape=args.input_shape)
+        _check_forward(trained.module, trained.input_shape, args.model)
+        pruner = ChannelPruner(trained.module, trained.input_shape)
+    counts = policy.counts_for(pruner)
+    keep = pruner.keep_indices(dict(zip(pruner.names, counts.tolist())))
+    test_accuracy: float | None = None
+    if task is not None:
+        # Exactly as a search evaluates a policy: the same channels, re-fit, then BatchNorm re-estimation.
+        pruned = task.evaluator.prune(counts)
+        test_accuracy = task.test_accuracy(pruned)
+    else:
+        pruned = pruner.prune(keep, reconstruct=False)
+    info = save_pruned(
+        args.out, pruned, base=args.model, num_classes=trained.num_classes, input_shape=trained.input_shape,
+        mean=trained.mean, std=trained.std, kept={name: idx.tolist() for name, idx in keep.items()},
+        policy=policy.to_dict(),
+    )
+    dense_macs, dense_params = int(pruner.cost.macs(pruner.channels)), int(pruner.cost.params(pruner.channels))
+    macs_ratio, params_ratio = info["macs"] / dense_macs, info["params"] / dense_params
+    if args.json:
+        _print_json({"out": args.out, "model": args.model, "test_accuracy": test_accuracy, "macs": info["macs"],
+                     "macs_ratio": macs_ratio, "params": info["params"], "params_ratio": params_ratio,
+                     "reconstruct": reconstruct})
+        return 0
+    _print_rows([
+        ("wrote", args.out),
+        ("test accuracy", "not measured (no --dataset)" if test_accuracy is None else f"{100 * test_accuracy:.2f}%"),
+        ("MACs", f"{info['macs']:,} ({100 * macs_ratio:.2f}% of dense {dense_macs:,})"),
+        ("params", f"{info['params']:,} ({100 * params_ratio:.2f}% of dense {dense_params:,})"),
+    ])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""The pruning engine: verified channel groups, physical pruning == masking, the exact cost model, refit."""
+
+from __future__ import annotations
+
+import textwrap
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from amc.budget import ratio_counts
+from amc.data import load_dataset, normalize
+from amc.flops import count_macs_params
+from amc.groups import mask_copy, prune_copy
+from amc.models import create_model
+from amc.pruner import ChannelPruner
+from amc.reconstruct import refit
+
+CIFAR_SHAPE = (3, 32, 32)
+USER_SHAPE = (3, 16, 16)
+
+# A user model with every coupling the engine must handle: a residual add, a depthwise block, a concat of
+# two branches, and a conv -> flatten -> Linear head with a hidden Linear.
+USER_MODEL = textwrap.dedent(
+    """
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+
+    class Net(nn.Module):
+        def __init__(self, num_classes=10):
+            super().__init__()
+            self.stem, self.bn0 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+            self.res1, self.rbn1 = nn.Conv2d(16, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24)
+            self.res2, self.rbn2 = nn.Conv2d(24, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+            self.expand, self.ebn = nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32)
+            self.dw, self.dbn = nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=32, bias=False), nn.BatchNorm2d(32)
+            self.project, self.pbn = nn.Conv2d(32, 24, 1, bias=False), nn.BatchNorm2d(24)
+            self.branch_a, self.abn = nn.Conv2d(24, 12, 1, bias=False), nn.BatchNorm2d(12)
+            self.branch_b, self.bbn = nn.Conv2d(24, 20, 3, padding=1, bias=False), nn.BatchNorm2d(20)
+            self.merge, self.mbn = nn.Conv2d(32, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8)
+            self.fc1 = nn.Linear(8 * 4 * 4, 48)
+            self.fc2 = nn.Linear(48, num_classes)
+
+        def forward(self, x):
+            x = F.relu(self.bn0(self.stem(x)))
+            x = F.relu(x + self.rbn2(self.res2(F.relu(self.rbn1(self.res1(x))))))
+            x = F.relu(self.ebn(self.expand(x)))
+            x = F.relu(self.pbn(self.project(F.relu(self.dbn(self.dw(x))))))
+            x = torch.cat([F.relu(self.abn(self.branch_a(x))), F.relu(self.bbn(self.branch_b(x)))], 1)
+            x = F.relu(self.mbn(self.merge(x)))
+            return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+    def build(num_classes=10):
+        return Net(num_classes)
+    """
+)
+
+
+MODELS = ["resnet56", "plain20", "vgg16", "mobilenetv2", "user"]
+Analysed = tuple[ChannelPruner, tuple[int, ...], list[str]]
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BatchNorm statistics and affine parameters, so that a wrongly mapped channel shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                n = m.num_features
+                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+                m.weight.copy_(0.5 + torch.rand(n, generator=g))
+                m.bias.copy_(0.2 * torch.randn(n, generator=g))
+    return model.eval()
+
+
+def build_pruner(name: str, tmp_path_factory: pytest.TempPathFactory) -> Analysed:
+    """(pruner, input shape, warnings raised while analysing) for a model of this test module."""
+    torch.manual_seed(0)
+    if name == "user":
+        path = tmp_path_factory.mktemp("user_model") / "user_net.py"
+        path.write_text(USER_MODEL)
+        model, shape = create_model(f"{path}:build"), USER_SHAPE
+    else:
+        model, shape = create_model(name), CIFAR_SHAPE
+    randomize_batchnorm(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruner = ChannelPruner(model, shape)
+    return pruner, shape, [str(w.message) for w in caught]
+
+
+@pytest.fixture(scope="module")
+def analyse(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Analysed]:
+    """`analyse(name)`: the model's pruner, input shape and analysis warnings, built once per module."""
+    cache: dict[str, Analysed] = {}
+
+    def get(name: str) -> Analysed:
+        if name not in cache:
+            cache[name] = build_pruner(name, tmp_path_factory)
+        return cache[name]
+
+    return get
+
+
+def random_keep(pruner: ChannelPruner, rng: np.random.Generator, names: list[str]) -> dict[str, torch.Tensor]:
+    """For each named group a random subset of its channels, of a random size in [min_keep, channels - 1]."""
+    keep = {}
+    for group in pruner.groups:
+        if group.name in names:
+            n = int(rng.integers(group.min_keep, max(group.channels, group.min_keep + 1)))
+            keep[group.name] = torch.from_numpy(np.sort(rng.choice(group.channels, size=n, replace=False)))
+    return keep
+
+
+def assert_prune_equals_mask(pruner: ChannelPruner, keep: dict[str, torch.Tensor], x: torch.Tensor) -> nn.Module:
+    pruned = prune_copy(pruner.model, pruner.groups, keep)
+    with torch.no_grad():
+        got = pruned(x)
+        want = mask_copy(pruner.model, pruner.groups, keep)(x)
+    assert got.shape == want.shape
+    tolerance = 1e-4 * (1.0 + want.abs().max().item())
+    assert (got - want).abs().max().item() <= tolerance, f"groups {sorted(keep)}"
+    return pruned
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_group_prunes_like_masking(analyse: Callable[[str], Analysed], name: str) -> None:
+    pruner, shape, _ = analyse(name)
+    rng = np.random.default_rng(1)
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
+    assert pruner.groups, f"{name} has no prunable group"
+    for group in pruner.groups:
+        assert_prune_equals_mask(pruner, random_keep(pruner, rng, [group.name]), x)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_all_groups_at_once_prune_like_masking_and_cost_is_exact(analyse: Callable[[str], Analysed], name: str) -> None:
+    pruner, shape, _ = analyse(name)
+    rng = np.random.default_rng(2)
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(2))
+    keep = random_keep(pruner, rng, pruner.names)
+    pruned = assert_prune_equals_mask(pruner, keep, x)
+    counts = np.array([len(keep[n]) for n in pruner.names])
+    assert count_macs_params(pruned, shape) == (int(pruner.cost.macs(counts)), int(pruner.cost.params(counts)))
+    assert count_macs_params(pruner.model, shape) == (
+        int(pruner.cost.macs(pruner.channels)), int(pruner.cost.params(pruner.channels))
+    )
+
+
+def test_resnet56_groups_are_block_internal(analyse: Callable[[str], Analysed]) -> None:
+    pruner, shape, caught = analyse("resnet56")
+    expected = [f"layer{stage}.{block}.conv1" for stage in (1, 2, 3) for block in range(9)]
+    assert pruner.names == expected
+    assert [g.consumer for g in pruner.groups] == [n.replace("conv1", "conv2") for n in expected]
+    # The residual channels are coupled through the zero-pad shortcut, which Torch-Pruning mis-maps.
+    assert any("excluded" in message for message in caught)
+    assert count_macs_params(pruner.model, shape) == (125_485_696, 853_018)
+    assert int(pruner.cost.macs(pruner.channels)) == 125_485_696
+    assert int(pruner.cost.params(pruner.channels)) == 853_018
+
+
+def test_user_model_couplings(analyse: Callable[[str], Analysed]) -> None:
+    pruner, _, caught = analyse("user")
+    assert not caught, caught
+    groups = {g.name: g for g in pruner.groups}
+    # the residual add couples stem and res2; both branches of the concat are groups of their own
+    assert {"res1", "branch_a", "branch_b", "merge", "fc1"} <= set(groups)
+    assert any({"stem", "res2"} <= set(g.layers) for g in pruner.groups)
+    assert any(g.min_keep == 2 and "dw" in g.layers for g in pruner.groups)
+    flatten_item = next(it for it in groups["merge"].items if it.module == "fc1")
+    assert flatten_item.per_channel == 16  # 4x4 features per channel after the flatten
+    assert groups["fc1"].consumer == "fc2"
+
+
+def train_digits_cnn(epochs: int = 4) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A briefly trained digits CNN and normalized (train, test) images."""
+    data = load_dataset("digits")
+    x_train = normalize(data.train.images, data.mean, data.std)
+    x_test = normalize(data.test.images, data.mean, data.std)
+    torch.manual_seed(0)
+    model = create_model("digits_cnn")
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x_train), generator=g).split(64):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x_train[idx]), data.train.labels[idx]).backward()
+            optimizer.step()
+    return model.eval(), x_train, x_test
+
+
+def test_least_squares_refit_reduces_output_error() -> None:
+    model, x_train, x_test = train_digits_cnn()
+    pruner = ChannelPruner(model, (1, 8, 8))
+    pruner.calibrate(x_train.split(250))
+    keep = pruner.keep_indices(dict(zip(pruner.names, ratio_counts(pruner, 0.5).tolist())))
+    with torch.no_grad():
+        dense = model(x_test)
+        refitted = F.mse_loss(pruner.prune(keep, reconstruct=True)(x_test), dense).item()
+        selected = F.mse_loss(pruner.prune(keep, reconstruct=False)(x_test), dense).item()
+    assert refitted < selected
+
+
+def test_refit_of_rank_deficient_gram_is_finite() -> None:
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(4, 8, generator=g)
+    rows = torch.randn(3, 8, generator=g, dtype=torch.float64)  # 3 samples: rank 3 < 8 features
+    keep_cols = torch.tensor([0, 2, 3, 5, 6, 7])
+    for gram in (rows.T @ rows, torch.zeros(8, 8, dtype=torch.float64)):
+        out = refit(weight, gram, keep_cols)
+        assert out.shape == (4, 6)
+        assert torch.isfinite(out).all()
+
+
+def test_refit_keeping_every_column_returns_the_weights() -> None:
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(4, 8, generator=g)
+    rows = torch.randn(100, 8, generator=g, dtype=torch.float64)
+    out = refit(weight, rows.T @ rows, torch.arange(8))
+    torch.testing.assert_close(out, weight, atol=1e-4, rtol=1e-4)
