@@ -31,7 +31,13 @@ from amc.flops import count_macs_params
 from amc.policy import Policy
 from amc.pruned_model import load_model, read_model_info, save_pruned
 from amc.pruner import ChannelPruner
+from amc.export import export_onnx, export_torchscript
+from amc.finetune import FinetuneConfig, finetune
 from amc.task import TrainedModel, load_trained_model, prepare_task
+from amc.zoo import digits_checkpoint
+from agents.ddpg import ALGORITHMS
+from agents.search import SearchConfig, run_search
+from envs.channel_pruning import REWARDS
 
 CommandFn = Callable[[argparse.Namespace], int]
 AddArguments = Callable[[argparse.ArgumentParser], None]
@@ -252,15 +258,22 @@ def _print_rows(rows: list[tuple[str, str]]) -> None:
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=("test", "val"), default="test",
                         help="test split, or val: the seeded held-out part of TRAIN (--val-size, --seed)")
+    parser.add_argument("--compare", nargs=2, metavar=("DENSE", "PRUNED"),
+                        help="compare two models (--checkpoint belongs to DENSE): accuracy, MACs, params, "
+                             "CPU latency at batch 1 and 64, speed-up")
 
 
 @command(
     "eval", "accuracy, MACs, parameters and CPU latency of a model (dense, or an amc pruned-model file)",
     shared=("model", "checkpoint", "dataset", "data_dir", "seed", "val_size"),
-    required=("model", "dataset"),
+    required=("dataset",),
     arguments=_eval_arguments,
 )
 def run_eval(args: argparse.Namespace) -> int:
+    if args.compare:
+        return _compare(args)
+    if not args.model:
+        raise AmcError("eval needs --model MODEL (or --compare DENSE PRUNED)")
     data = load_dataset(args.dataset, args.data_dir)
     trained = _trained_model(args, data)
     if args.split == "test":
@@ -286,6 +299,32 @@ def run_eval(args: argparse.Namespace) -> int:
         ("params", f"{params:,}"),
         ("latency", f"{latency:.3f} ms (batch 1, {threads} CPU threads)"),
     ])
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """One table for a dense and a pruned model on the test split, latency as medians of repeated runs."""
+    data = load_dataset(args.dataset, args.data_dir)
+    threads = torch.get_num_threads()
+    rows = []
+    for spec, checkpoint in zip(args.compare, (args.checkpoint, None)):
+        trained = _trained_model(argparse.Namespace(model=spec, checkpoint=checkpoint, input_shape=None), data)
+        acc, _ = accuracy(trained.module, normalize(data.test.images, trained.mean, trained.std), data.test.labels)
+        macs, params = count_macs_params(trained.module, trained.input_shape)
+        latency = {b: cpu_latency(trained.module, trained.input_shape, b) for b in (1, 64)}
+        rows.append({"model": spec, "test_accuracy": acc, "macs": macs, "params": params,
+                     "latency_ms_batch1": latency[1], "latency_ms_batch64": latency[64]})
+    dense, pruned = rows
+    speedup = {b: dense[f"latency_ms_batch{b}"] / pruned[f"latency_ms_batch{b}"] for b in (1, 64)}
+    if args.json:
+        _print_json({"models": rows, "speedup_batch1": speedup[1], "speedup_batch64": speedup[64], "threads": threads})
+        return 0
+    print(f"{'model':<28}{'test acc':>9}{'MACs':>14}{'params':>11}{'ms @1':>9}{'ms @64':>9}")
+    for r in rows:
+        print(f"{Path(r['model']).name:<28}{100 * r['test_accuracy']:>8.2f}%{r['macs']:>14,}{r['params']:>11,}"
+              f"{r['latency_ms_batch1']:>9.2f}{r['latency_ms_batch64']:>9.1f}")
+    print(f"speed-up: {speedup[1]:.2f}x at batch 1, {speedup[64]:.2f}x at batch 64 "
+          f"(median CPU latency, {threads} threads); MACs {dense['macs'] / pruned['macs']:.2f}x fewer")
     return 0
 
 
@@ -322,48 +361,53 @@ def run_profile(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------
 # amc baseline
 
-# A method maps (pruner, cost of kept counts, absolute target cost, parsed arguments) to kept counts [G].
-BaselineMethod = Callable[[ChannelPruner, CostFn, float, argparse.Namespace], np.ndarray]
-
-
-def _uniform(pruner: ChannelPruner, cost: CostFn, target: float, args: argparse.Namespace) -> np.ndarray:
-    """The same preserve ratio in every group, the largest that meets the budget."""
-    return uniform_counts(pruner, cost, target)
-
-
-BASELINES: dict[str, BaselineMethod] = {"uniform": _uniform}
-
-
 def _baseline_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", choices=sorted(BASELINES), default="uniform", help="how counts are chosen")
-    parser.add_argument("--lbound", type=float, default=0.0,
-                        help="fewest channels a group keeps, as a fraction of its channels (default 0)")
+    parser.add_argument("--method", choices=("uniform", "random", "sensitivity", "dp"), default="uniform",
+                        help="uniform (needs only shapes), or random / sensitivity / dp (need --dataset: they evaluate)")
+    parser.add_argument("--lbound", type=float, help="fewest channels a group keeps, as a fraction of its "
+                        "channels (default 0 for uniform, 0.2 otherwise, as the agent)")
+    parser.add_argument("--episodes", type=int, default=SearchConfig().episodes,
+                        help="random search: evaluated episodes, as the agent's --episodes (default 400)")
 
 
 @command(
     "baseline", "write a baseline pruning policy that meets a budget",
-    shared=("model", "checkpoint", "dataset", "data_dir", "input_shape", "out", "force", "budget"),
+    shared=("model", "checkpoint", "dataset", "data_dir", "input_shape", "out", "force", "budget", "seed", "val_size"),
     required=("model", "out", "budget"),
     arguments=_baseline_arguments,
 )
 def run_baseline(args: argparse.Namespace) -> int:
     _check_out(args)
     budget = _budget(args)
-    if not 0.0 <= args.lbound < 1.0:
-        raise AmcError(f"--lbound {args.lbound} is outside [0, 1); pass e.g. --lbound 0.2")
-    trained = _trained_model(args, _dataset(args))
-    pruner = ChannelPruner(trained.module, trained.input_shape)
-    cost = cost_function(pruner, budget.kind)
-    target = check_reachable(pruner, cost, budget, args.lbound)
-    counts = BASELINES[args.method](pruner, cost, target, args)
-    policy = Policy.from_counts(pruner, args.model, counts, budget, method=args.method, lbound=args.lbound)
+    lbound = args.lbound if args.lbound is not None else (0.0 if args.method == "uniform" else SearchConfig().lbound)
+    if not 0.0 <= lbound < 1.0:
+        raise AmcError(f"--lbound {lbound} is outside [0, 1); pass e.g. --lbound 0.2")
+    extra: dict[str, Any] = {}
+    if args.method == "uniform" and not args.dataset:
+        trained = _trained_model(args, None)
+        pruner = ChannelPruner(trained.module, trained.input_shape)
+        cost = cost_function(pruner, budget.kind)
+        counts = uniform_counts(pruner, cost, check_reachable(pruner, cost, budget, lbound))
+    elif not args.dataset:
+        raise AmcError(f"baseline --method {args.method} evaluates policies: pass --dataset (and --data-dir)")
+    else:
+        from agents.baselines import run_baseline as search_baseline  # the CLI is where amc meets its agents
+
+        task = prepare_task(args.model, args.checkpoint, args.dataset, args.data_dir, val_size=args.val_size,
+                            seed=args.seed)
+        pruner = task.pruner
+        found = search_baseline(args.method, task, budget, episodes=args.episodes, seed=args.seed, lbound=lbound)
+        counts = found.counts
+        extra = {"val_accuracy": found.val_accuracy, "evaluations": found.evaluations, "seed": args.seed}
+    policy = Policy.from_counts(pruner, args.model, counts, budget, method=args.method, lbound=lbound, **extra)
     policy.save(args.out)
     p = policy.predicted
     if args.json:
-        _print_json({"out": args.out, "method": args.method, **p})
+        _print_json({"out": args.out, "method": args.method, **p, **extra})
     else:
         print(f"wrote {args.out}: {args.method} policy, MACs {p['macs']:,} ({100 * p['macs_ratio']:.2f}% of dense), "
-              f"params {p['params']:,} ({100 * p['params_ratio']:.2f}% of dense)")
+              f"params {p['params']:,} ({100 * p['params_ratio']:.2f}% of dense)"
+              + (f", val accuracy {100 * extra['val_accuracy']:.2f}%" if extra else ""))
     return 0
 
 
@@ -375,29 +419,32 @@ def _apply_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--policy", metavar="FILE", help="policy JSON (from amc baseline or a search)")
     source.add_argument("--agent", metavar="FILE",
-                        help="a trained agent, to prune for a new budget (not available yet)")
+                        help="a trained agent (runs/NAME/agent.zip): its actor picks the policy for the budget given")
     parser.add_argument("--no-reconstruct", action="store_true",
                         help="skip the least-squares re-fit of the layers that consume pruned channels")
+    _finetune_arguments(parser, epochs=0)
 
 
 @command(
     "apply", "prune a model with a policy and write the pruned-model file",
-    shared=("model", "checkpoint", "dataset", "data_dir", "input_shape", "out", "force", "seed", "val_size"),
+    shared=("model", "checkpoint", "dataset", "data_dir", "input_shape", "out", "force", "seed", "val_size", "budget"),
     required=("model", "out"),
     arguments=_apply_arguments,
 )
 def run_apply(args: argparse.Namespace) -> int:
     _check_out(args)
-    if args.agent is not None:
-        raise AmcError("--agent is not available yet; pass --policy FILE (e.g. from amc baseline)")
+    if args.agent is not None and not (args.dataset and (args.target_flops or args.target_params)):
+        raise AmcError("apply --agent needs --dataset (for the reward) and a budget, e.g. --target-flops 0.5")
+    if args.finetune_epochs and not args.dataset:
+        raise AmcError("--finetune-epochs needs --dataset (and --data-dir) to train on")
     if _is_model_file(args.model):
         raise AmcError(f"apply prunes a dense model; {args.model} is a pruned-model file: pass its base model")
     reconstruct = not args.no_reconstruct
     if not args.dataset and reconstruct:
         raise AmcError("apply without --dataset has no calibration images for the re-fit; "
                        "pass --dataset (and --data-dir), or --no-reconstruct")
-    policy = Policy.load(args.policy)
-    if policy.model != args.model:
+    policy = Policy.load(args.policy) if args.policy else None
+    if policy is not None and policy.model != args.model:
         warnings.warn(f"policy {args.policy} was made for model {policy.model}; applying it to {args.model}")
 
     task = None
@@ -409,6 +456,13 @@ def run_apply(args: argparse.Namespace) -> int:
         trained = load_trained_model(args.model, args.checkpoint, input_shape=args.input_shape)
         _check_forward(trained.module, trained.input_shape, args.model)
         pruner = ChannelPruner(trained.module, trained.input_shape)
+    if policy is None:
+        from agents.search import policy_from_agent  # the CLI is where amc meets its agents
+
+        budget = _budget(args)
+        counts, found = policy_from_agent(args.agent, task, budget)
+        policy = Policy.from_counts(pruner, args.model, counts, budget, method="amc-agent", agent=args.agent,
+                                    val_accuracy=found["accuracy"])
     counts = policy.counts_for(pruner)
     keep = pruner.keep_indices(dict(zip(pruner.names, counts.tolist())))
     test_accuracy: float | None = None
@@ -418,11 +472,21 @@ def run_apply(args: argparse.Namespace) -> int:
         test_accuracy = task.test_accuracy(pruned)
     else:
         pruned = pruner.prune(keep, reconstruct=False)
-    info = save_pruned(
-        args.out, pruned, base=args.model, num_classes=trained.num_classes, input_shape=trained.input_shape,
-        mean=trained.mean, std=trained.std, kept={name: idx.tolist() for name, idx in keep.items()},
-        policy=policy.to_dict(),
-    )
+    kept = {name: idx.tolist() for name, idx in keep.items()}
+
+    def save(model: nn.Module, path: str | Path) -> dict[str, Any]:
+        return save_pruned(path, model, base=args.model, num_classes=trained.num_classes,
+                           input_shape=trained.input_shape, mean=trained.mean, std=trained.std, kept=kept,
+                           policy=policy.to_dict())
+
+    if args.finetune_epochs:
+        _finetune(args, pruned, task.dataset, trained, save, teacher=task.pruner.model)
+        pruned = load_model(args.out)
+        test_accuracy = task.test_accuracy(pruned)
+    else:
+        save(pruned, args.out)
+    info = read_model_info(args.out)
+    _export(args, pruned, trained.input_shape)
     dense_macs, dense_params = int(pruner.cost.macs(pruner.channels)), int(pruner.cost.params(pruner.channels))
     macs_ratio, params_ratio = info["macs"] / dense_macs, info["params"] / dense_params
     if args.json:
@@ -436,6 +500,166 @@ def run_apply(args: argparse.Namespace) -> int:
         ("MACs", f"{info['macs']:,} ({100 * macs_ratio:.2f}% of dense {dense_macs:,})"),
         ("params", f"{info['params']:,} ({100 * params_ratio:.2f}% of dense {dense_params:,})"),
     ])
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fine-tuning and export (amc apply --finetune-epochs, amc finetune)
+
+
+def _finetune_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
+    defaults = FinetuneConfig()
+    flag = "--epochs" if epochs else "--finetune-epochs"
+    parser.add_argument(flag, dest="finetune_epochs", type=int, default=epochs or 0,
+                        help=f"epochs of fine-tuning (default {epochs or 'none'})")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help=f"peak SGD learning rate for batch 128 (default {defaults.lr})")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per step (default 128)")
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="default 5e-4")
+    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, help="default 0")
+    parser.add_argument("--distill-alpha", type=float, default=defaults.distill_alpha,
+                        help="weight of distillation from the dense model (default 0: none)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--device", default=defaults.device, help="cpu or cuda (default cpu)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted fine-tuning of --out")
+    parser.add_argument("--export", choices=("torchscript", "onnx"), action="append", default=[],
+                        help="also write OUT.torchscript.pt (runs with plain torch) or OUT.onnx; repeatable")
+
+
+def _finetune(args: argparse.Namespace, model: nn.Module, data: Dataset, trained: TrainedModel,
+              save: Callable[[nn.Module, str | Path], Any], teacher: nn.Module | None) -> None:
+    """Fine-tune `model` on the TRAIN split less `val`, keeping the best epoch on `val` in --out."""
+    n_train = len(data.train)
+    val_size = default_val_size(n_train) if args.val_size is None else args.val_size
+    train_idx, val_idx = split_train_val(n_train, val_size, args.seed)
+    config = FinetuneConfig(epochs=args.finetune_epochs, batch_size=args.batch_size, lr=args.lr,
+                            weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+                            distill_alpha=args.distill_alpha, seed=args.seed, num_threads=args.threads,
+                            device=args.device)
+    model = model.to(memory_format=torch.contiguous_format)
+    result = finetune(model, data.train.subset(train_idx), data.train.subset(val_idx), trained.mean, trained.std,
+                      config, teacher=teacher if args.distill_alpha > 0 else None, out=args.out,
+                      resume=args.resume, save_fn=save)
+    print(f"fine-tuned {config.epochs} epochs: best val accuracy {100 * result.best_val_acc:.2f}% "
+          f"(epoch {result.best_epoch}), written to {args.out}", file=sys.stderr)
+
+
+def _export(args: argparse.Namespace, model: nn.Module, input_shape: Sequence[int]) -> None:
+    for kind in args.export:
+        if kind == "torchscript":
+            path = Path(args.out).with_suffix(".torchscript.pt")
+            export_torchscript(model, input_shape, path)
+        else:
+            path = Path(args.out).with_suffix(".onnx")
+            export_onnx(model, input_shape, path)
+        print(f"exported {kind}: {path}", file=sys.stderr)
+
+
+def _finetune_command_arguments(parser: argparse.ArgumentParser) -> None:
+    _finetune_arguments(parser, epochs=30)
+    parser.add_argument("--teacher", metavar="MODEL", help="dense model to distill from (with --distill-alpha)")
+    parser.add_argument("--teacher-checkpoint", metavar="FILE", help="the teacher's weights")
+
+
+@command(
+    "finetune", "fine-tune a pruned-model file (SGD, Nesterov, cosine); runs under torchrun for DDP",
+    shared=("model", "dataset", "data_dir", "out", "force", "seed", "val_size"),
+    required=("model", "dataset", "out"),
+    arguments=_finetune_command_arguments,
+)
+def run_finetune(args: argparse.Namespace) -> int:
+    if not _is_model_file(args.model):
+        raise AmcError(f"finetune takes an amc pruned-model file (from amc apply); {args.model} is not a .pt file")
+    if not args.resume:
+        _check_out(args)
+    data = load_dataset(args.dataset, args.data_dir)
+    args.checkpoint = None
+    trained = _trained_model(args, data)
+    info = read_model_info(args.model)
+    teacher = None
+    if args.teacher:
+        teacher = load_trained_model(args.teacher, args.teacher_checkpoint, dataset=data).module
+    elif args.distill_alpha > 0:
+        raise AmcError("--distill-alpha needs --teacher MODEL (and --teacher-checkpoint FILE): the dense model")
+
+    def save(model: nn.Module, path: str | Path) -> dict[str, Any]:
+        return save_pruned(path, model, base=info["base"], num_classes=info["num_classes"],
+                           input_shape=info["input_shape"], mean=info["mean"], std=info["std"], kept=info["kept"],
+                           policy=info["policy"])
+
+    _finetune(args, trained.module, data, trained, save, teacher)
+    best = load_model(args.out)
+    acc, _ = accuracy(best, normalize(data.test.images, trained.mean, trained.std), data.test.labels)
+    _export(args, best, trained.input_shape)
+    if args.json:
+        _print_json({"out": args.out, "test_accuracy": acc, "epochs": args.finetune_epochs})
+    else:
+        print(f"wrote {args.out}: test accuracy {100 * acc:.2f}%")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# amc train-agent
+
+
+def _train_agent_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = SearchConfig()
+    parser.add_argument("--reward", choices=REWARDS[:3], default=defaults.reward,
+                        help="acc, flops (-error*log MACs) or params (-error*log params) (default acc)")
+    parser.add_argument("--episodes", type=int, default=defaults.episodes, help="episodes in all (default 400)")
+    parser.add_argument("--warmup", type=int, default=defaults.warmup,
+                        help="first episodes with uniformly random actions (default 100)")
+    parser.add_argument("--algo", choices=sorted(ALGORITHMS), default=defaults.algo, help="SB3 algorithm (default ddpg)")
+    parser.add_argument("--lbound", type=float, default=defaults.lbound, help="smallest preserve ratio (default 0.2)")
+    parser.add_argument("--rbound", type=float, default=defaults.rbound, help="largest preserve ratio (default 1.0)")
+    parser.add_argument("--device", default=defaults.device, help="device of the agent's networks (default cpu)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+@command(
+    "train-agent", "search a pruning policy with the AMC agent (no arguments: the embedded digits model at 50%% FLOPs)",
+    shared=("model", "checkpoint", "dataset", "data_dir", "out", "force", "seed", "val_size", "budget"),
+    required=(),
+    arguments=_train_agent_arguments,
+)
+def run_train_agent(args: argparse.Namespace) -> int:
+    budget = _budget(args) if (args.target_flops or args.target_params) else Budget("flops", 0.5)
+    model = args.model or "digits_cnn"
+    dataset = args.dataset or ("digits" if model == "digits_cnn" else None)
+    if dataset is None:
+        raise AmcError("train-agent needs --dataset (and --data-dir) for the reward; e.g. --dataset cifar10 --data-dir DIR")
+    checkpoint = args.checkpoint
+    if checkpoint is None and model == "digits_cnn" and dataset == "digits":
+        checkpoint = str(digits_checkpoint())
+    if checkpoint is None:
+        warnings.warn(f"no --checkpoint: searching the untrained model {model}")
+    out = args.out or str(Path("runs") / f"{Path(model).stem}-{budget.kind}{round(100 * budget.ratio)}")
+    config = SearchConfig(
+        model=model, checkpoint=checkpoint, dataset=dataset, data_dir=args.data_dir, budget_kind=budget.kind,
+        budget_ratio=budget.ratio, reward=args.reward, episodes=args.episodes, warmup=args.warmup,
+        val_size=args.val_size, seed=args.seed, algo=args.algo, lbound=args.lbound, rbound=args.rbound,
+        device=args.device, out=out,
+    )
+    try:
+        result = run_search(config, resume=args.resume, force=args.force, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"amc: interrupted; every finished episode is kept in {out}: continue with the same arguments "
+              "plus --resume", file=sys.stderr)
+        return 130
+    best, uniform = result.best, result.uniform
+    if args.json:
+        _print_json({"run": str(result.run_dir), "episodes": result.episodes, "seconds": result.seconds,
+                     "best": best, "uniform": uniform})
+        return 0
+    print(f"run folder: {result.run_dir} ({result.episodes} episodes, {result.seconds / 60:.1f} min)")
+    print(f"{'group':<24}{'channels':>9}{'amc':>6}{'uniform':>9}")
+    for mine, flat in zip(best["groups"], uniform["groups"]):
+        print(f"{mine['name']:<24}{mine['channels']:>9}{mine['keep']:>6}{flat['keep']:>9}")
+    for name, policy in (("amc", best), ("uniform", uniform)):
+        p = policy["predicted"]
+        print(f"{name:<8} val accuracy {100 * policy['val_accuracy']:.2f}%  MACs {100 * p['macs_ratio']:.2f}%  "
+              f"params {100 * p['params_ratio']:.2f}% of dense")
+    print(f"best policy: {result.run_dir / 'best_policy.json'}")
     return 0
 
 
