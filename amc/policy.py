@@ -130,7 +130,8 @@ class Policy:
         version = data.get("format")
         if version != POLICY_FORMAT:
             if isinstance(version, str) and version.startswith("amc-policy/"):
-                raise AmcError(f"{where} has format {version}, which this amc cannot read; upgrade amc")
+                raise AmcError(f"{where} has format {version}; this amc reads {POLICY_FORMAT}: write the policy "
+                               "again with this amc (amc baseline or amc train-agent), or use the amc that wrote it")
             found = "no \"format\" field" if version is None else f"format {version!r}"
             raise AmcError(f"{where} has {found}, not {POLICY_FORMAT!r}; pass a policy written by amc")
         model = data.get("model")

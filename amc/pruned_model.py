@@ -131,7 +131,8 @@ def _read(path: Path) -> dict[str, Any]:
         raise not_ours
     if data["format"] != PRUNED_FORMAT:
         if data["format"].startswith("amc-pruned/"):
-            raise AmcError(f"{path} has format {data['format']}, which this amc cannot read; upgrade amc")
+            raise AmcError(f"{path} has format {data['format']}; this amc reads {PRUNED_FORMAT}: apply the policy "
+                           "again with this amc, or use the amc that wrote it")
         raise not_ours
     missing = [k for k in (*_INFO_KEYS, "state_dict") if k not in data]
     if missing:

@@ -45,11 +45,12 @@ def test_killed_search_resumes_to_the_same_result(env, tmp_path):
     run = tmp_path / "killed"
     rng = random.Random(0)
     kills = [signal.SIGKILL, signal.SIGINT, signal.SIGKILL, signal.SIGKILL]
+    logged = []  # episodes on disk after each kill
     for sig in kills:
         resume = ["--resume"] if (run / "config.json").exists() else []
         proc = subprocess.Popen(command(run, *resume), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
-        time.sleep(rng.uniform(3.0, 7.0))
+        time.sleep(rng.uniform(4.0, 9.0))
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=120)
         if proc.returncode == 0:
@@ -57,6 +58,8 @@ def test_killed_search_resumes_to_the_same_result(env, tmp_path):
         if sig == signal.SIGINT:
             assert proc.returncode == 130
             assert "--resume" in stderr and "Traceback" not in stderr
+        logged.append(len(rows(run)) if (run / "episodes.csv").exists() else 0)
+    assert any(0 < n < EPISODES for n in logged), f"no kill landed mid-search: {logged}"
     final = subprocess.run(command(run, "--resume"), env=env, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
 

@@ -107,7 +107,7 @@ def test_policy_without_a_group_keeps_it_whole(pruner: ChannelPruner, tmp_path: 
         ('{\n  "format": "amc-policy/1",\n  "model": \n}', ["not valid JSON", "line 4"]),
         ('[1, 2]', ["not an object"]),
         ('{"model": "digits_cnn", "groups": []}', ['no "format" field']),
-        ('{"format": "amc-policy/9", "model": "digits_cnn", "groups": []}', ["amc-policy/9", "upgrade amc"]),
+        ('{"format": "amc-policy/9", "model": "digits_cnn", "groups": []}', ["amc-policy/9", "this amc reads amc-policy/1"]),
         ('{"format": "something/1", "model": "digits_cnn", "groups": []}', ["'something/1'", "amc-policy/1"]),
         ('{"format": "amc-policy/1", "groups": []}', ['"model"']),
         ('{"format": "amc-policy/1", "model": "m", "groups": {}}', ['"groups" list']),
@@ -275,7 +275,7 @@ def test_cli_user_errors_are_one_line(capsys: pytest.CaptureFixture[str], pruner
     assert_user_error(code, err, "--no-reconstruct")
 
     code, _, err = run(capsys, *apply, "--agent", tmp_path / "agent.zip", "--out", tmp_path / "m.pt")
-    assert_user_error(code, err, "not available yet")
+    assert_user_error(code, err, "needs --dataset (for the reward) and a budget")
 
     dense = tmp_path / "dense.pt"
     torch.save(create_model("digits_cnn").state_dict(), dense)
