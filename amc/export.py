@@ -1,6 +1,6 @@
 """Writing models to disk: a plain state-dict checkpoint, TorchScript and ONNX, each written atomically.
 
-Every writer goes through `atomic_path`, so a reader (or a run killed mid-write) never sees a partial file:
+Every writer goes through `amc.fileio`, so a reader (or a run killed mid-write) never sees a partial file:
 the target either keeps its old content or has the complete new one.
 """
 
@@ -8,44 +8,21 @@ from __future__ import annotations
 
 import copy
 import inspect
-import os
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from amc.errors import AmcError
+from amc.fileio import atomic_path, atomic_torch_save
 
 ONNX_OPSET = 17
 
 
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on normal exit move the file written there onto `path`.
-
-    The temporary file lives in the same folder, so `os.replace` is a rename within one filesystem and
-    atomic; it is fsynced first, so a crash of the machine cannot leave `path` empty. On an exception the
-    temporary file is removed and `path` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_state_dict(model: nn.Module, path: str | Path) -> None:
     """Write `{"state_dict": model.state_dict()}` to `path` atomically (loadable by `amc.models.load_checkpoint`)."""
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": model.state_dict()}, tmp)
+    atomic_torch_save({"state_dict": model.state_dict()}, path)
 
 
 def export_torchscript(model: nn.Module, input_shape: Sequence[int], path: str | Path) -> None:

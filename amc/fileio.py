@@ -13,17 +13,37 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
 from amc.errors import AmcError
 
 
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; on normal exit it is fsynced and replaces `path`,
+    on an exception it is removed and `path` is left as it was."""
+    path = Path(path)
+    # A unique name in the same folder keeps os.replace a rename within one filesystem (atomic) and
+    # lets concurrent writers of one target not clobber each other's temporary file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise AmcError(f"cannot write {path} ({exc.strerror or exc}); choose a writable location") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` atomically."""
-    with _atomic(path) as f:
-        f.write(data)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -38,26 +58,5 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """`torch.save(obj)` to `path` atomically (argument order as `torch.save`)."""
-    with _atomic(path) as f:
-        torch.save(obj, f)
-
-
-@contextmanager
-def _atomic(path: str | Path) -> Iterator[IO[bytes]]:
-    """A binary file to fill; on normal exit it replaces `path`, on an exception it is removed."""
-    path = Path(path)
-    # A unique name in the same folder keeps os.replace a rename within one filesystem (atomic) and
-    # lets concurrent writers of one target not clobber each other's temporary file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # open() rather than mkstemp keeps the umask's permissions, as for any other file the user writes.
-        with open(tmp, "xb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise AmcError(f"cannot write {path} ({exc.strerror or exc}); choose a writable location") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

@@ -34,7 +34,8 @@ from amc import distributed
 from amc.data import ImageSet, batches
 from amc.errors import AmcError
 from amc.evaluate import accuracy
-from amc.export import atomic_path, save_state_dict
+from amc.export import save_state_dict
+from amc.fileio import atomic_path
 
 SaveFn = Callable[[nn.Module, Path], None]
 

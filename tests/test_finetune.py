@@ -19,7 +19,8 @@ import amc.data
 import amc.finetune
 from amc.data import ImageSet, default_val_size, load_dataset, split_train_val
 from amc.errors import AmcError
-from amc.export import atomic_path, export_onnx, export_torchscript
+from amc.export import export_onnx, export_torchscript
+from amc.fileio import atomic_path
 from amc.finetune import FinetuneConfig, finetune, last_checkpoint_path
 from amc.models import create_model, load_checkpoint
 
