@@ -1,0 +1,104 @@
+"""Benchmark: apply policies, fine-tune, measure TEST accuracy and CPU latency against the dense model.
+
+For each policy file (e.g. the AMC search's best policy and the uniform policy at the same budget) the
+model is pruned with re-fit, fine-tuned with amc's defaults for `--epochs` epochs (SGD + Nesterov, cosine,
+standard CIFAR augmentation, best epoch on val), and measured: test accuracy, MACs, params, and the
+median CPU latency at batch 1 and 64 against the dense model. Writes
+`bench/results/finetune_<model>.json` and `.md`.
+
+    python bench/finetune.py --model resnet56 --checkpoint ../shared/weights/resnet56-cifar10jpg.pt \
+        --data-dir DIR --policy amc=runs/r56/best_policy.json --policy uniform=uniform.json --epochs 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from amc.evaluate import cpu_latency  # noqa: E402
+from amc.fileio import atomic_write_json, atomic_write_text  # noqa: E402
+from amc.finetune import FinetuneConfig, finetune  # noqa: E402
+from amc.flops import count_macs_params  # noqa: E402
+from amc.policy import Policy  # noqa: E402
+from amc.task import prepare_task  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--policy", action="append", required=True, metavar="NAME=FILE")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--val-size", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", default=str(ROOT / "runs" / "bench-finetune"), help="fine-tuned models (resumable)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    task = prepare_task(args.model, args.checkpoint, "imagefolder", args.data_dir, val_size=args.val_size,
+                        seed=args.seed)
+    shape = task.model.input_shape
+    dense = task.pruner.model
+    dense_macs, dense_params = count_macs_params(dense, shape)
+    dense_latency = {b: cpu_latency(dense, shape, b) for b in (1, 64)}
+    rows = [{"policy": "dense", "test_accuracy": task.test_accuracy(dense), "macs": dense_macs,
+             "params": dense_params, "latency_ms": dense_latency, "speedup": {1: 1.0, 64: 1.0}}]
+    train, val = task.dataset.train.subset(task.train_idx), task.dataset.train.subset(task.val_idx)
+    for item in args.policy:
+        name, path = item.split("=", 1)
+        counts = Policy.load(path).counts_for(task.pruner)
+        model = task.evaluator.prune(counts).to(memory_format=torch.contiguous_format)
+        before = task.test_accuracy(model)
+        out = Path(args.work) / f"{args.model}-{name}.pt"
+        started = time.monotonic()
+        result = finetune(model, train, val, task.model.mean, task.model.std,
+                          FinetuneConfig(epochs=args.epochs, seed=args.seed), out=out,
+                          resume=out.with_suffix(".last.pt").exists())
+        model.load_state_dict(torch.load(out, weights_only=True)["state_dict"])
+        macs, params = count_macs_params(model, shape)
+        latency = {b: cpu_latency(model, shape, b) for b in (1, 64)}
+        rows.append({"policy": name, "file": path, "test_accuracy_before_finetune": before,
+                     "test_accuracy": task.test_accuracy(model), "best_val_accuracy": result.best_val_acc,
+                     "macs": macs, "params": params, "latency_ms": latency,
+                     "speedup": {b: dense_latency[b] / latency[b] for b in (1, 64)},
+                     "finetune_seconds": time.monotonic() - started})
+        print(rows[-1], flush=True)
+    report = {
+        "benchmark": "finetune",
+        "model": args.model,
+        "command": "python bench/finetune.py " + " ".join(sys.argv[1:]),
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}",
+        "rows": rows,
+    }
+    out = ROOT / "bench" / "results" / f"finetune_{args.model}"
+    atomic_write_json(out.with_suffix(".json"), report)
+    lines = [
+        f"# {args.model}: pruned and fine-tuned {args.epochs} epochs (test accuracy %, CPU latency ms, median)",
+        "",
+        f"Command: `{report['command']}`; seed {args.seed}; machine: {report['machine']}.",
+        "",
+        "| policy | before FT | after FT | MACs | params | ms @1 | ms @64 | speed-up @64 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        before = f"{100 * r['test_accuracy_before_finetune']:.2f}" if "test_accuracy_before_finetune" in r else "-"
+        lines.append(f"| {r['policy']} | {before} | {100 * r['test_accuracy']:.2f} | {r['macs']:,} | {r['params']:,} | "
+                     f"{r['latency_ms'][1]:.2f} | {r['latency_ms'][64]:.1f} | {r['speedup'][64]:.2f}x |")
+    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
