@@ -7,6 +7,7 @@ Run folder (`runs/NAME/`):
 - `agent.zip`        the SB3 agent at the end
 - `checkpoint/`      agent, replay buffer, baseline, best and random states after the last episode
 - `rewards.png`, `best_policy.png`  reward/accuracy per episode; preserve ratio per layer
+- `latency.json`     the latency table, for a latency budget or reward (measured once)
 Every file is written atomically. A killed search resumes from `checkpoint/` with `--resume`: the
 episode log is cut back to the checkpoint and the episodes after it are run again.
 """
@@ -33,6 +34,7 @@ from agents.ddpg import ALGORITHMS, make_agent
 from amc.budget import Budget, uniform_counts
 from amc.errors import AmcError
 from amc.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from amc.latency import LatencyTable
 from amc.policy import Policy
 from amc.task import Task, prepare_task
 from envs.channel_pruning import ChannelPruningEnv
@@ -243,8 +245,9 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
         seed=config.seed, calib_size=config.calib_size, bn_size=config.bn_size, importance=config.importance,
     )
     budget = config.budget()
+    latency = latency_table(task, run.path) if "latency" in (budget.kind, config.reward) else None
     env = ChannelPruningEnv(task.pruner, task.evaluator, budget, reward=config.reward,
-                            lbound=config.lbound, rbound=config.rbound)
+                            lbound=config.lbound, rbound=config.rbound, latency=latency)
     n_steps = env.n_groups
     log = EpisodeLog(run.path / "episodes.csv", task.pruner.names)
     state = SearchState()
@@ -282,6 +285,16 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
     return SearchResult(run.path, state.best or {}, uniform, state.episode, time.monotonic() - started)
 
 
+def latency_table(task: Task, folder: Path) -> LatencyTable:
+    """The run's latency table: read from `folder/latency.json`, or measured once and written there."""
+    path = folder / "latency.json"
+    if path.exists():
+        return LatencyTable.from_dict(json.loads(path.read_text()))
+    table = LatencyTable.measure(task.pruner)
+    atomic_write_json(path, table.to_dict())
+    return table
+
+
 def policy_from_agent(agent_zip: str | Path, task: Task, budget: Budget) -> tuple[np.ndarray, dict[str, Any]]:
     """Run a trained agent's actor deterministically through the environment at `budget`.
 
@@ -299,8 +312,10 @@ def policy_from_agent(agent_zip: str | Path, task: Task, budget: Budget) -> tupl
         agent = ALGORITHMS[algo].load(agent_zip, device="cpu")
     except Exception as exc:
         raise AmcError(f"cannot load agent {agent_zip} ({type(exc).__name__}: {exc}); pass an agent.zip written by amc train-agent") from None
-    env = ChannelPruningEnv(task.pruner, task.evaluator, budget, reward=saved.get("reward", "acc"),
-                            lbound=saved.get("lbound", 0.2), rbound=saved.get("rbound", 1.0))
+    reward = saved.get("reward", "acc")
+    latency = latency_table(task, agent_zip.parent) if "latency" in (budget.kind, reward) else None
+    env = ChannelPruningEnv(task.pruner, task.evaluator, budget, reward=reward, lbound=saved.get("lbound", 0.2),
+                            rbound=saved.get("rbound", 1.0), latency=latency)
     obs, _ = env.reset(seed=0)
     done, info = False, {}
     while not done:

@@ -33,6 +33,7 @@ from amc.pruned_model import load_model, read_model_info, save_pruned
 from amc.pruner import ChannelPruner
 from amc.export import export_onnx, export_torchscript
 from amc.finetune import FinetuneConfig, finetune
+from amc.latency import LatencyTable
 from amc.task import TrainedModel, load_trained_model, prepare_task
 from amc.zoo import digits_checkpoint
 from agents.ddpg import ALGORITHMS
@@ -66,6 +67,8 @@ def _budget_flags(parser: argparse.ArgumentParser, required: bool) -> None:
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("--target-flops", type=float, metavar="R", help="keep at most R of the dense MACs, R in (0, 1]")
     group.add_argument("--target-params", type=float, metavar="R", help="keep at most R of the dense parameters")
+    group.add_argument("--target-latency", type=float, metavar="R",
+                       help="keep at most R of the dense CPU latency (batch 1; a per-layer table is measured once)")
 
 
 _SHARED_FLAGS: dict[str, AddShared] = {
@@ -232,7 +235,13 @@ def _check_forward(model: nn.Module, input_shape: Sequence[int], spec: str) -> N
 def _budget(args: argparse.Namespace) -> Budget:
     if args.target_flops is not None:
         return Budget("flops", args.target_flops)
+    if args.target_latency is not None:
+        return Budget("latency", args.target_latency)
     return Budget("params", args.target_params)
+
+
+def _has_budget(args: argparse.Namespace) -> bool:
+    return any(v is not None for v in (args.target_flops, args.target_params, args.target_latency))
 
 
 def _check_out(args: argparse.Namespace) -> None:
@@ -383,10 +392,10 @@ def run_baseline(args: argparse.Namespace) -> int:
     if not 0.0 <= lbound < 1.0:
         raise AmcError(f"--lbound {lbound} is outside [0, 1); pass e.g. --lbound 0.2")
     extra: dict[str, Any] = {}
-    if args.method == "uniform" and not args.dataset:
-        trained = _trained_model(args, None)
+    if args.method == "uniform" and (not args.dataset or budget.kind == "latency"):
+        trained = _trained_model(args, _dataset(args))
         pruner = ChannelPruner(trained.module, trained.input_shape)
-        cost = cost_function(pruner, budget.kind)
+        cost = cost_function(pruner, budget.kind, LatencyTable.measure(pruner) if budget.kind == "latency" else None)
         counts = uniform_counts(pruner, cost, check_reachable(pruner, cost, budget, lbound))
     elif not args.dataset:
         raise AmcError(f"baseline --method {args.method} evaluates policies: pass --dataset (and --data-dir)")
@@ -433,7 +442,7 @@ def _apply_arguments(parser: argparse.ArgumentParser) -> None:
 )
 def run_apply(args: argparse.Namespace) -> int:
     _check_out(args)
-    if args.agent is not None and not (args.dataset and (args.target_flops or args.target_params)):
+    if args.agent is not None and not (args.dataset and _has_budget(args)):
         raise AmcError("apply --agent needs --dataset (for the reward) and a budget, e.g. --target-flops 0.5")
     if args.finetune_epochs and not args.dataset:
         raise AmcError("--finetune-epochs needs --dataset (and --data-dir) to train on")
@@ -603,8 +612,9 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 def _train_agent_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = SearchConfig()
-    parser.add_argument("--reward", choices=REWARDS[:3], default=defaults.reward,
-                        help="acc, flops (-error*log MACs) or params (-error*log params) (default acc)")
+    parser.add_argument("--reward", choices=REWARDS, default=defaults.reward,
+                        help="acc, flops (-error*log MACs), params (-error*log params) or latency "
+                             "(-error*log microseconds) (default acc)")
     parser.add_argument("--episodes", type=int, default=defaults.episodes, help="episodes in all (default 400)")
     parser.add_argument("--warmup", type=int, default=defaults.warmup,
                         help="first episodes with uniformly random actions (default 100)")
@@ -623,7 +633,7 @@ def _train_agent_arguments(parser: argparse.ArgumentParser) -> None:
     arguments=_train_agent_arguments,
 )
 def run_train_agent(args: argparse.Namespace) -> int:
-    budget = _budget(args) if (args.target_flops or args.target_params) else Budget("flops", 0.5)
+    budget = _budget(args) if _has_budget(args) else Budget("flops", 0.5)
     model = args.model or "digits_cnn"
     dataset = args.dataset or ("digits" if model == "digits_cnn" else None)
     if dataset is None:

@@ -89,7 +89,9 @@ class CostModel:
             p.numel() for n, m in modules.items() if n not in modelled for p in m.parameters(recurse=False)
         )
 
-    def _dims(self, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def widths(self, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Widths for kept counts `keep` [..., G]: each layer's input channels per conv group and output
+        channels ([..., L], layers in execution order), and each BatchNorm's channels."""
         removed = self.full - np.asarray(keep, dtype=np.int64)  # [..., G]
         ins = self._in0 - removed @ self._in_cut.T  # [..., L]
         outs = self._out0 - removed @ self._out_cut.T
@@ -98,12 +100,12 @@ class CostModel:
 
     def macs(self, keep: np.ndarray | Sequence[int]) -> np.ndarray:
         """MACs for kept channel counts `keep` of shape [..., G] (G groups); returns shape [...]."""
-        ins, outs, _ = self._dims(np.asarray(keep))
+        ins, outs, _ = self.widths(np.asarray(keep))
         return (ins * outs * self._unit).sum(-1)
 
     def params(self, keep: np.ndarray | Sequence[int]) -> np.ndarray:
         """Parameter count for kept channel counts `keep` of shape [..., G]; returns shape [...]."""
-        ins, outs, norms = self._dims(np.asarray(keep))
+        ins, outs, norms = self.widths(np.asarray(keep))
         layer = (ins * outs * self._kk + outs * self._bias).sum(-1)
         return layer + (2 * norms * self._norm_affine).sum(-1) + self._fixed_params
 

@@ -112,3 +112,21 @@ def test_rewards(pruners, reward):
     info = run_episode(env, [0.5])
     expected = {"acc": 0.5, "flops": -0.5 * np.log(info["macs"]), "params": -0.5 * np.log(info["params"])}[reward]
     assert info["reward"] == pytest.approx(expected)
+
+
+def test_latency_budget_and_reward(pruners):
+    from amc.latency import LatencyTable
+
+    pruner = pruners["resnet20"]
+    table = LatencyTable.measure(pruner, points=3, min_run_time=0.01)
+    assert table(pruner.channels) == pytest.approx(table.dense)
+    assert table(np.maximum(1, pruner.channels // 4)) < table.dense
+    lower = ChannelPruningEnv(pruner, constant_eval, Budget("flops", 0.5)).lower
+    smallest = table(lower) / table.dense
+    ratio = min(1.0, smallest + 0.5 * (1 - smallest))  # halfway between the smallest model and dense
+    env = ChannelPruningEnv(pruner, constant_eval, Budget("latency", ratio), reward="latency", latency=table)
+    for actions in ADVERSARIAL:
+        info = run_episode(env, actions)
+        assert table(np.array(info["counts"])) <= ratio * table.dense
+        assert info["reward"] == pytest.approx(-0.5 * np.log(1000 * table(np.array(info["counts"]))))
+    assert LatencyTable.from_dict(table.to_dict())(pruner.channels) == table(pruner.channels)
