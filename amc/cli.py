@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from amc import __version__
 from amc.augment import normalize
-from amc.budget import Budget, CostFn, check_reachable, cost_function, uniform_counts
+from amc.budget import Budget, check_reachable, cost_function, uniform_counts
 from amc.data import Dataset, default_val_size, load_dataset, split_train_val
 from amc.errors import AmcError
 from amc.evaluate import accuracy, cpu_latency

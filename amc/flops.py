@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from amc.groups import ChannelGroup, LayerInfo, is_depthwise
+from amc.groups import ChannelGroup, LayerInfo
 
 
 def count_macs_params(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, int]:

@@ -13,19 +13,14 @@ median CPU latency at batch 1 and 64 against the dense model. Writes
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import report  # noqa: E402  (bench/report.py; puts the repository on sys.path)
 
 from amc.evaluate import cpu_latency  # noqa: E402
-from amc.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from amc.finetune import FinetuneConfig, finetune  # noqa: E402
 from amc.flops import count_macs_params  # noqa: E402
 from amc.policy import Policy  # noqa: E402
@@ -42,7 +37,7 @@ def main() -> None:
     parser.add_argument("--val-size", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--work", default=str(ROOT / "runs" / "bench-finetune"), help="fine-tuned models (resumable)")
+    parser.add_argument("--work", default=str(report.ROOT / "runs" / "bench-finetune"), help="fine-tuned models (resumable)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     task = prepare_task(args.model, args.checkpoint, "imagefolder", args.data_dir, val_size=args.val_size,
@@ -73,21 +68,19 @@ def main() -> None:
                      "speedup": {b: dense_latency[b] / latency[b] for b in (1, 64)},
                      "finetune_seconds": time.monotonic() - started})
         print(rows[-1], flush=True)
-    report = {
+    summary = {
         "benchmark": "finetune",
         "model": args.model,
-        "command": "python bench/finetune.py " + " ".join(sys.argv[1:]),
+        "command": report.command("finetune.py"),
         "seed": args.seed,
         "epochs": args.epochs,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}",
+        "machine": report.machine(args.threads),
         "rows": rows,
     }
-    out = ROOT / "bench" / "results" / f"finetune_{args.model}"
-    atomic_write_json(out.with_suffix(".json"), report)
     lines = [
         f"# {args.model}: pruned and fine-tuned {args.epochs} epochs (test accuracy %, CPU latency ms, median)",
         "",
-        f"Command: `{report['command']}`; seed {args.seed}; machine: {report['machine']}.",
+        f"Command: `{summary['command']}`; seed {args.seed}; machine: {summary['machine']}.",
         "",
         "| policy | before FT | after FT | MACs | params | ms @1 | ms @64 | speed-up @64 |",
         "|---|---|---|---|---|---|---|---|",
@@ -96,8 +89,7 @@ def main() -> None:
         before = f"{100 * r['test_accuracy_before_finetune']:.2f}" if "test_accuracy_before_finetune" in r else "-"
         lines.append(f"| {r['policy']} | {before} | {100 * r['test_accuracy']:.2f} | {r['macs']:,} | {r['params']:,} | "
                      f"{r['latency_ms'][1]:.2f} | {r['latency_ms'][64]:.1f} | {r['speedup'][64]:.2f}x |")
-    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    report.write(f"finetune_{args.model}", summary, lines)
 
 
 if __name__ == "__main__":

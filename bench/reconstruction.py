@@ -10,19 +10,14 @@ search's evaluation). No fine-tuning. Writes `bench/results/reconstruction.json`
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import report  # noqa: E402  (bench/report.py; puts the repository on sys.path)
 
 from amc.budget import uniform_counts  # noqa: E402
-from amc.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from amc.flops import count_macs_params  # noqa: E402
 from amc.task import RewardEvaluator, prepare_task  # noqa: E402
 
@@ -37,7 +32,7 @@ VARIANTS = {  # name: (least-squares re-fit, BatchNorm re-estimation)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--weights", default=str(ROOT.parent / "shared" / "weights"))
+    parser.add_argument("--weights", default=str(report.ROOT.parent / "shared" / "weights"))
     parser.add_argument("--models", default="resnet20,resnet56")
     parser.add_argument("--target-flops", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
@@ -62,21 +57,19 @@ def main() -> None:
                    seconds=time.monotonic() - started)
         results.append(row)
         print(row, flush=True)
-    report = {
+    summary = {
         "benchmark": "reconstruction",
         "budget": {"kind": "flops", "ratio": args.target_flops},
         "policy": "uniform",
-        "command": "python bench/reconstruction.py " + " ".join(sys.argv[1:]),
+        "command": report.command("reconstruction.py"),
         "seed": args.seed,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}",
+        "machine": report.machine(args.threads),
         "results": results,
     }
-    out = ROOT / "bench" / "results" / "reconstruction"
-    atomic_write_json(out.with_suffix(".json"), report)
     lines = [
         f"# Fast evaluation at the uniform {round(100 * args.target_flops)}% FLOPs policy (test accuracy %, no fine-tuning)",
         "",
-        f"Command: `{report['command']}`; seed {args.seed}; machine: {report['machine']}.",
+        f"Command: `{summary['command']}`; seed {args.seed}; machine: {summary['machine']}.",
         "Re-fit: least squares on 3,000 calibration images (10 positions each) of the train split; "
         "BN: statistics re-estimated on 256 train images.",
         "",
@@ -86,8 +79,7 @@ def main() -> None:
     for row in results:
         cells = " | ".join(f"{100 * row[name]:.2f}" for name in VARIANTS)
         lines.append(f"| {row['model']} | {100 * row['dense_test_accuracy']:.2f} | {cells} | {row['macs_ratio']:.4f} |")
-    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    report.write("reconstruction", summary, lines)
 
 
 if __name__ == "__main__":

@@ -13,24 +13,18 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import report  # noqa: E402  (bench/report.py; puts the repository on sys.path)
 
 from agents.search import SearchConfig, run_search  # noqa: E402
 from amc.budget import uniform_counts  # noqa: E402
 from amc.evaluate import accuracy  # noqa: E402
-from amc.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from amc.policy import Policy  # noqa: E402
 from amc.task import prepare_task  # noqa: E402
 
@@ -46,7 +40,7 @@ def main() -> None:
     parser.add_argument("--val-size", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--runs", default=str(ROOT / "runs"))
+    parser.add_argument("--runs", default=str(report.ROOT / "runs"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tag = f"{args.model}_f{round(100 * args.target_flops)}"
@@ -78,13 +72,13 @@ def main() -> None:
             "macs_ratio": float(task.pruner.cost.macs(counts) / task.pruner.cost.macs(task.pruner.channels)),
             "counts": [int(c) for c in counts],
         }
-    report = {
+    summary = {
         "benchmark": "search",
         "model": args.model,
         "budget": {"kind": "flops", "ratio": args.target_flops},
-        "command": "python bench/search.py " + " ".join(sys.argv[1:]),
+        "command": report.command("search.py"),
         "seed": args.seed,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}",
+        "machine": report.machine(args.threads),
         "episodes": result.episodes,
         "warmup": args.warmup,
         "val_size": args.val_size,
@@ -95,12 +89,10 @@ def main() -> None:
         "dense_val_forward_seconds": dense_val_seconds,
         "search_seconds": sum(episode_seconds),
     }
-    out = ROOT / "bench" / "results" / f"search_{tag}"
-    atomic_write_json(out.with_suffix(".json"), report)
     table = [
         f"# AMC search vs uniform: {args.model}, {round(100 * args.target_flops)}% FLOPs (no fine-tuning)",
         "",
-        f"Command: `{report['command']}`; seed {args.seed}; machine: {report['machine']}.",
+        f"Command: `{summary['command']}`; seed {args.seed}; machine: {summary['machine']}.",
         f"Reward: accuracy on {args.val_size} held-out TRAIN images; {result.episodes} episodes ({args.warmup} warm-up).",
         "",
         "| policy | MACs ratio | val acc (%) | test acc (%) |",
@@ -109,10 +101,9 @@ def main() -> None:
     ]
     for name, row in rows.items():
         table.append(f"| {name} | {row['macs_ratio']:.3f} | {100 * row['val_accuracy']:.2f} | {100 * row['test_accuracy']:.2f} |")
-    table += ["", f"Median episode: {report['median_episode_seconds']:.2f} s; dense forward over the reward split: "
-              f"{dense_val_seconds:.2f} s; search: {report['search_seconds'] / 60:.1f} min."]
-    atomic_write_text(out.with_suffix(".md"), "\n".join(table) + "\n")
-    print("\n".join(table))
+    table += ["", f"Median episode: {summary['median_episode_seconds']:.2f} s; dense forward over the reward split: "
+              f"{dense_val_seconds:.2f} s; search: {summary['search_seconds'] / 60:.1f} min."]
+    report.write(f"search_{tag}", summary, table)
 
 
 if __name__ == "__main__":
