@@ -8,7 +8,7 @@ thousands of times.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -110,15 +110,18 @@ class CostModel:
         return layer + (2 * norms * self._norm_affine).sum(-1) + self._fixed_params
 
     def group_macs(self) -> np.ndarray:
-        """MACs that each group's channels take part in, in the full model: shape [G].
+        """MACs that each group's channels take part in, in the full model: shape [G] (see `group_costs`)."""
+        return group_costs(self.macs, self.full)
 
-        The MACs of every layer whose input or output the group cuts (a layer cut by two groups
-        counts for both): the size of a group in the search state and in `amc profile`.
-        """
-        full = int(self.macs(self.full))
-        shares = []
-        for j in range(len(self.full)):
-            keep = self.full.copy()
-            keep[j] = 0
-            shares.append(full - int(self.macs(keep)))
-        return np.array(shares, dtype=np.int64)
+
+def group_costs(cost: Callable[[np.ndarray], np.ndarray], full: np.ndarray) -> np.ndarray:
+    """What each group's channels cost in the full model: the drop in `cost` when that group alone is
+    removed, shape [G]. A layer between two groups counts for both: the size of a group in the search
+    state and in `amc profile`."""
+    dense = float(cost(full))
+    shares = []
+    for j in range(len(full)):
+        keep = full.copy()
+        keep[j] = 0
+        shares.append(dense - float(cost(keep)))
+    return np.array(shares)

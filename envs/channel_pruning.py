@@ -10,6 +10,7 @@ import numpy as np
 from gymnasium import spaces
 
 from amc.budget import Budget, CostFn, check_reachable, cost_function, min_counts
+from amc.flops import group_costs
 from amc.pruner import ChannelPruner
 from amc.task import Evaluation
 
@@ -77,7 +78,7 @@ class ChannelPruningEnv(gym.Env):
         self.full = pruner.channels.copy()
         self.lower = min_counts(pruner, lbound)
         self.dense_cost = float(self.cost(self.full))
-        self.group_cost = self._group_costs()
+        self.group_cost = group_costs(self.cost, self.full)
         self.static = self._static_features()
         self.observation_space = spaces.Box(0.0, 1.0, (N_FEATURES,), np.float32)
         self.action_space = spaces.Box(0.0, 1.0, (1,), np.float32)
@@ -87,15 +88,6 @@ class ChannelPruningEnv(gym.Env):
     @property
     def n_groups(self) -> int:
         return len(self.full)
-
-    def _group_costs(self) -> np.ndarray:
-        """Cost each group takes part in (the drop when the group alone is removed), shape [G]."""
-        costs = []
-        for j in range(self.n_groups):
-            keep = self.full.copy()
-            keep[j] = 0
-            costs.append(self.dense_cost - float(self.cost(keep)))
-        return np.array(costs)
 
     def _static_features(self) -> np.ndarray:
         rows = []
