@@ -164,8 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             print(f"amc: error: {exc}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print("amc: interrupted", file=sys.stderr)
+        except KeyboardInterrupt as exc:
+            print(f"amc: interrupted{'; ' + str(exc) if str(exc) else ''}", file=sys.stderr)
             return 130
         except Exception as exc:
             if args.debug:
@@ -544,9 +544,13 @@ def _finetune(args: argparse.Namespace, model: nn.Module, data: Dataset, trained
                             distill_alpha=args.distill_alpha, seed=args.seed, num_threads=args.threads,
                             device=args.device)
     model = model.to(memory_format=torch.contiguous_format)
-    result = finetune(model, data.train.subset(train_idx), data.train.subset(val_idx), trained.mean, trained.std,
-                      config, teacher=teacher if args.distill_alpha > 0 else None, out=args.out,
-                      resume=args.resume, save_fn=save)
+    try:
+        result = finetune(model, data.train.subset(train_idx), data.train.subset(val_idx), trained.mean, trained.std,
+                          config, teacher=teacher if args.distill_alpha > 0 else None, out=args.out,
+                          resume=args.resume, save_fn=save)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"every finished epoch is kept beside {args.out}: continue with the same "
+                                "arguments plus --resume") from None
     print(f"fine-tuned {config.epochs} epochs: best val accuracy {100 * result.best_val_acc:.2f}% "
           f"(epoch {result.best_epoch}), written to {args.out}", file=sys.stderr)
 
@@ -652,9 +656,8 @@ def run_train_agent(args: argparse.Namespace) -> int:
     try:
         result = run_search(config, resume=args.resume, force=args.force, progress=not args.no_progress)
     except KeyboardInterrupt:
-        print(f"amc: interrupted; every finished episode is kept in {out}: continue with the same arguments "
-              "plus --resume", file=sys.stderr)
-        return 130
+        raise KeyboardInterrupt(f"every finished episode is kept in {out}: continue with the same arguments "
+                                "plus --resume") from None
     best, uniform = result.best, result.uniform
     if args.json:
         _print_json({"run": str(result.run_dir), "episodes": result.episodes, "seconds": result.seconds,
