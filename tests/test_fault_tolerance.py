@@ -37,6 +37,16 @@ def rows(run: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
 
 
+def wait_for_new_episode(run: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Block until `proc` has logged an episode beyond those on disk now (or has exited)."""
+    start = len(rows(run)) if (run / "episodes.csv").exists() else 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (run / "episodes.csv").exists() and len(rows(run)) > start:
+            return
+        time.sleep(0.05)
+
+
 def test_killed_search_resumes_to_the_same_result(env, tmp_path):
     reference = tmp_path / "reference"
     done = subprocess.run(command(reference), env=env, capture_output=True, text=True, timeout=300)
@@ -50,7 +60,11 @@ def test_killed_search_resumes_to_the_same_result(env, tmp_path):
         resume = ["--resume"] if (run / "config.json").exists() else []
         proc = subprocess.Popen(command(run, *resume), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
-        time.sleep(rng.uniform(4.0, 9.0))
+        if sig == signal.SIGINT:
+            # Ctrl-C while episodes run (during interpreter start-up Python itself prints a traceback)
+            wait_for_new_episode(run, proc)
+        else:
+            time.sleep(rng.uniform(4.0, 9.0))
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=120)
         if proc.returncode == 0:
