@@ -1,0 +1,133 @@
+"""Benchmark: the AMC agent against uniform, random search, sensitivity analysis and DP, on TEST.
+
+Every method gets the same model, data, reward split, budget and seed; random search evaluates exactly as
+many episodes as the agent. Each finished (model, budget, method) is saved under `--runs` and skipped when
+the command is run again, so the whole grid can run in parts and resume. Every policy is evaluated on the
+test split after re-fit and BatchNorm re-estimation, without fine-tuning. Writes
+`bench/results/baselines.json`, `.md` and `baselines.png` (test accuracy vs MACs, one point per method).
+
+    python bench/baselines.py --data-dir DIR --models resnet20,resnet56 --budgets 0.5,0.3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import report  # noqa: E402  (bench/report.py; puts the repository on sys.path)
+
+from agents.baselines import run_baseline  # noqa: E402
+from agents.search import SearchConfig, run_search  # noqa: E402
+from amc.budget import Budget  # noqa: E402
+from amc.fileio import atomic_write_json  # noqa: E402
+from amc.policy import Policy  # noqa: E402
+from amc.task import Task, prepare_task  # noqa: E402
+
+METHODS = ("uniform", "random", "sensitivity", "dp", "amc")
+
+
+def run_method(method: str, task: Task, model: str, checkpoint: str, data_dir: str, ratio: float,
+               args: argparse.Namespace) -> dict:
+    """Counts, val accuracy and cost of one method; the AMC search resumes its run folder if it exists."""
+    started = time.monotonic()
+    budget = Budget("flops", ratio)
+    if method == "amc":
+        config = SearchConfig(model=model, checkpoint=checkpoint, dataset="imagefolder", data_dir=data_dir,
+                              budget_ratio=ratio, episodes=args.episodes, warmup=args.warmup, val_size=args.val_size,
+                              seed=args.seed, out=str(Path(args.runs) / f"bench-{model}_f{round(100 * ratio)}"))
+        result = run_search(config, resume=(Path(config.out) / "config.json").exists(), progress=False, task=task)
+        counts = Policy.from_dict(result.best).counts_for(task.pruner)
+        return {"counts": counts.tolist(), "val_accuracy": result.best["val_accuracy"], "evaluations": result.episodes,
+                "seconds": result.seconds}
+    found = run_baseline(method, task, budget, episodes=args.episodes, seed=args.seed)
+    return {"counts": found.counts.tolist(), "val_accuracy": found.val_accuracy, "evaluations": found.evaluations,
+            "seconds": time.monotonic() - started}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for method in METHODS:
+            points = [r for r in rows if r["model"] == model and r["method"] == method]
+            ax.plot([r["macs_ratio"] for r in points], [100 * r["test_accuracy"] for r in points], "o", label=method)
+        ax.set_title(f"{model} (no fine-tuning)")
+        ax.set_xlabel("MACs kept (fraction of dense)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--weights", default=str(report.ROOT.parent / "shared" / "weights"))
+    parser.add_argument("--models", default="resnet20,resnet56")
+    parser.add_argument("--budgets", default="0.5,0.3")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--episodes", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--val-size", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", default=str(report.ROOT / "runs"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    parts = Path(args.runs) / "bench-baselines"
+    for model in args.models.split(","):
+        checkpoint = str(Path(args.weights) / f"{model}-cifar10jpg.pt")
+        task: Task | None = None
+        for ratio in (float(b) for b in args.budgets.split(",")):
+            for method in args.methods.split(","):
+                part = parts / f"{model}_f{round(100 * ratio)}_{method}.json"
+                if part.exists():
+                    continue
+                task = task or prepare_task(model, checkpoint, "imagefolder", args.data_dir, val_size=args.val_size,
+                                            seed=args.seed)
+                row = {"model": model, "budget": ratio, "method": method,
+                       **run_method(method, task, model, checkpoint, args.data_dir, ratio, args)}
+                counts = np.array(row["counts"])
+                dense = task.pruner.cost.macs(task.pruner.channels)
+                row["macs_ratio"] = float(task.pruner.cost.macs(counts) / dense)
+                row["test_accuracy"] = task.test_accuracy(task.evaluator.prune(counts))
+                row["dense_test_accuracy"] = task.test_accuracy(task.pruner.model)
+                atomic_write_json(part, row)
+                print(json.dumps({k: v for k, v in row.items() if k != "counts"}), flush=True)
+    rows = [json.loads(p.read_text()) for p in sorted(parts.glob("*.json"))]
+    summary = {"benchmark": "baselines", "command": report.command("baselines.py"), "seed": args.seed,
+               "machine": report.machine(args.threads), "episodes": args.episodes, "val_size": args.val_size,
+               "rows": rows}
+    lines = [
+        "# AMC vs baselines (test accuracy %, no fine-tuning; val accuracy % on the reward split in brackets)",
+        "",
+        f"Command: `{summary['command']}`; seed {args.seed}; machine: {summary['machine']}. Reward split: "
+        f"{args.val_size} held-out TRAIN images; random search and AMC evaluate {args.episodes} episodes.",
+        "",
+        "| model | FLOPs budget | dense | " + " | ".join(METHODS) + " |",
+        "|---|---|---|" + "---|" * len(METHODS),
+    ]
+    for model, ratio in sorted({(r["model"], r["budget"]) for r in rows}):
+        cells = []
+        for method in METHODS:
+            row = next((r for r in rows if (r["model"], r["budget"], r["method"]) == (model, ratio, method)), None)
+            cells.append("-" if row is None else f"{100 * row['test_accuracy']:.2f} ({100 * row['val_accuracy']:.1f})")
+        dense = next(r["dense_test_accuracy"] for r in rows if (r["model"], r["budget"]) == (model, ratio))
+        lines.append(f"| {model} | {ratio:g} | {100 * dense:.2f} | " + " | ".join(cells) + " |")
+    report.write("baselines", summary, lines)
+    plot(rows, report.ROOT / "bench" / "results" / "baselines.png")
+
+
+if __name__ == "__main__":
+    main()
