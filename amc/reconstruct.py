@@ -77,9 +77,11 @@ def refit(weight: torch.Tensor, gram: torch.Tensor, keep_cols: torch.Tensor) -> 
     rhs = gram[keep_cols] @ w.T  # [S, O]
     ridge = 1e-6 * g_ss.diagonal().mean().clamp_min(1e-12)
     eye = torch.eye(len(keep_cols), dtype=g_ss.dtype)
-    try:
-        solved = torch.linalg.solve(g_ss + ridge * eye, rhs)
-    except RuntimeError:  # singular even with the ridge
+    # G + ridge*I is symmetric positive definite: Cholesky solves it about twice as fast as LU
+    factor, info = torch.linalg.cholesky_ex(g_ss + ridge * eye)
+    if info.item() == 0:
+        solved = torch.cholesky_solve(rhs, factor)
+    else:  # numerically indefinite even with the ridge
         solved = torch.linalg.lstsq(g_ss + ridge * eye, rhs).solution
     if not torch.isfinite(solved).all():
         return weight[:, keep_cols].clone()
