@@ -21,7 +21,7 @@ import torch
 
 import report  # noqa: E402  (bench/report.py; puts the repository on sys.path)
 
-from agents.baselines import run_baseline  # noqa: E402
+from agents.baselines import SensitivityTable, dp, run_baseline, sensitivity, sensitivity_table  # noqa: E402
 from agents.search import SearchConfig, run_search  # noqa: E402
 from amc.budget import Budget  # noqa: E402
 from amc.fileio import atomic_write_json  # noqa: E402
@@ -29,6 +29,7 @@ from amc.policy import Policy  # noqa: E402
 from amc.task import Task, prepare_task  # noqa: E402
 
 METHODS = ("uniform", "random", "sensitivity", "dp", "amc")
+TABLES: dict[str, SensitivityTable] = {}
 
 
 def run_method(method: str, task: Task, model: str, checkpoint: str, data_dir: str, ratio: float,
@@ -44,7 +45,11 @@ def run_method(method: str, task: Task, model: str, checkpoint: str, data_dir: s
         counts = Policy.from_dict(result.best).counts_for(task.pruner)
         return {"counts": counts.tolist(), "val_accuracy": result.best["val_accuracy"], "evaluations": result.episodes,
                 "seconds": result.seconds}
-    found = run_baseline(method, task, budget, episodes=args.episodes, seed=args.seed)
+    if method in ("sensitivity", "dp"):  # one sensitivity table per model serves both
+        table = TABLES[model] = TABLES.get(model) or sensitivity_table(task)
+        found = (sensitivity if method == "sensitivity" else dp)(task, budget, table=table)
+    else:
+        found = run_baseline(method, task, budget, episodes=args.episodes, seed=args.seed)
     return {"counts": found.counts.tolist(), "val_accuracy": found.val_accuracy, "evaluations": found.evaluations,
             "seconds": time.monotonic() - started}
 
