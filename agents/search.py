@@ -174,7 +174,10 @@ def _compare_config(saved: dict, config: SearchConfig) -> None:
     current = asdict(config)
     differ = [k for k in current if k in saved and saved[k] != current[k] and k != "episodes"]
     if differ:
-        details = ", ".join(f"--{k.replace('_', '-')} was {saved[k]!r}, now {current[k]!r}" for k in differ[:3])
+        def flag(key: str) -> str:
+            return "the budget (--target-*)" if key.startswith("budget") else "--" + key.replace("_", "-")
+
+        details = ", ".join(f"{flag(k)} was {saved[k]!r}, now {current[k]!r}" for k in differ[:3])
         raise AmcError(f"--resume needs the arguments of the first run: {details}")
 
 
