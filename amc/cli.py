@@ -440,7 +440,8 @@ def _apply_arguments(parser: argparse.ArgumentParser) -> None:
     arguments=_apply_arguments,
 )
 def run_apply(args: argparse.Namespace) -> int:
-    _check_out(args)
+    if not (args.finetune_epochs and args.resume):  # resuming a fine-tuning continues its --out
+        _check_out(args)
     if args.agent is not None and not (args.dataset and _has_budget(args)):
         raise AmcError("apply --agent needs --dataset (for the reward) and a budget, e.g. --target-flops 0.5")
     if args.finetune_epochs and not args.dataset:
