@@ -84,6 +84,9 @@ class SearchState:
 
 @dataclass
 class SearchResult:
+    """A finished search: its folder, best and uniform policies (policy dicts), episodes, and the
+    seconds spent in episodes over all its sessions."""
+
     run_dir: Path
     best: dict[str, Any]
     uniform: dict[str, Any]
@@ -242,7 +245,6 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
     run.path.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run.path / "config.json", asdict(config))
 
-    started = time.monotonic()
     task = task or prepare_task(
         config.model, config.checkpoint, config.dataset, config.data_dir, val_size=config.val_size,
         seed=config.seed, calib_size=config.calib_size, bn_size=config.bn_size, importance=config.importance,
@@ -285,7 +287,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
     from agents.plots import plot_run  # matplotlib is slow to import; only needed at the end
 
     plot_run(log.read(), state.best, task.pruner.names, run.path)
-    return SearchResult(run.path, state.best or {}, uniform, state.episode, time.monotonic() - started)
+    return SearchResult(run.path, state.best or {}, uniform, state.episode, state.seconds)
 
 
 def latency_table(task: Task, folder: Path) -> LatencyTable:
