@@ -474,11 +474,9 @@ def run_apply(args: argparse.Namespace) -> int:
                                     val_accuracy=found["accuracy"])
     counts = policy.counts_for(pruner)
     keep = pruner.keep_indices(dict(zip(pruner.names, counts.tolist())))
-    test_accuracy: float | None = None
     if task is not None:
         # Exactly as a search evaluates a policy: the same channels, re-fit, then BatchNorm re-estimation.
         pruned = task.evaluator.prune(counts)
-        test_accuracy = task.test_accuracy(pruned)
     else:
         pruned = pruner.prune(keep, reconstruct=False)
     kept = {name: idx.tolist() for name, idx in keep.items()}
@@ -491,9 +489,9 @@ def run_apply(args: argparse.Namespace) -> int:
     if args.finetune_epochs:
         _finetune(args, pruned, task.dataset, trained, save, teacher=task.pruner.model)
         pruned = load_model(args.out)
-        test_accuracy = task.test_accuracy(pruned)
     else:
         save(pruned, args.out)
+    test_accuracy = None if task is None else task.test_accuracy(pruned)
     info = read_model_info(args.out)
     _export(args, pruned, trained.input_shape)
     dense_macs, dense_params = int(pruner.cost.macs(pruner.channels)), int(pruner.cost.params(pruner.channels))
