@@ -249,12 +249,15 @@ def verify_group(model: nn.Module, group: ChannelGroup, example: torch.Tensor) -
             got = pruned(example)
             want = mask_copy(model, [group], keep)(example)
     except Exception as exc:  # a wrongly coupled group breaks shapes: that is the failure we look for
-        return f"the pruned copy fails ({type(exc).__name__}: {exc})"
+        detail = " ".join(str(exc).split())[:80]
+        return (f"removing its channels breaks the forward pass ({type(exc).__name__}: {detail}): they are coupled "
+                "through an operation the dependency graph does not see, e.g. a zero-padding shortcut")
     if got.shape != want.shape:
         return f"the pruned copy's output has shape {tuple(got.shape)} instead of {tuple(want.shape)}"
     err = (got - want).abs().max().item()
     if not err <= 1e-4 * (1.0 + want.abs().max().item()):
-        return f"the pruned copy differs from the masked original by {err:.3g}"
+        return (f"the pruned copy differs from the masked original by {err:.3g}: its channels are coupled through "
+                "an operation the dependency graph does not see")
     return None
 
 
