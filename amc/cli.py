@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from amc import __version__
+from amc import distributed
 from amc.augment import normalize
 from amc.budget import Budget, check_reachable, cost_function, uniform_counts
 from amc.data import Dataset, default_val_size, load_dataset, split_train_val
@@ -550,8 +551,9 @@ def _finetune(args: argparse.Namespace, model: nn.Module, data: Dataset, trained
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"every finished epoch is kept beside {args.out}: continue with the same "
                                 "arguments plus --resume") from None
-    print(f"fine-tuned {config.epochs} epochs: best val accuracy {100 * result.best_val_acc:.2f}% "
-          f"(epoch {result.best_epoch}), written to {args.out}", file=sys.stderr)
+    if distributed.is_main():
+        print(f"fine-tuned {config.epochs} epochs: best val accuracy {100 * result.best_val_acc:.2f}% "
+              f"(epoch {result.best_epoch}), written to {args.out}", file=sys.stderr)
 
 
 def _export(args: argparse.Namespace, model: nn.Module, input_shape: Sequence[int]) -> None:
@@ -598,6 +600,8 @@ def run_finetune(args: argparse.Namespace) -> int:
                            policy=info["policy"])
 
     _finetune(args, trained.module, data, trained, save, teacher)
+    if not distributed.is_main():  # under torchrun, rank 0 alone measures, exports and reports
+        return 0
     best = load_model(args.out)
     acc, _ = accuracy(best, normalize(data.test.images, trained.mean, trained.std), data.test.labels)
     _export(args, best, trained.input_shape)
