@@ -77,10 +77,10 @@ def main() -> None:
     target = config.budget_ratio * task.pruner.cost.macs(task.pruner.channels)
     uniform = uniform_counts(task.pruner, task.pruner.cost.macs, target)
     for name, counts in (("uniform", uniform), ("amc", best)):
-        evaluation = task.evaluator(np.asarray(counts))
+        pruned = task.evaluator.prune(np.asarray(counts))  # pruned and re-fitted once, measured on both splits
         rows[name] = {
-            "test_accuracy": task.test_accuracy(task.evaluator.prune(np.asarray(counts))),
-            "val_accuracy": evaluation.accuracy,
+            "test_accuracy": task.test_accuracy(pruned),
+            "val_accuracy": accuracy(pruned, task.evaluator.val_x, task.evaluator.val_y)[0],
             "macs": int(task.pruner.cost.macs(counts)),
             "macs_ratio": float(task.pruner.cost.macs(counts) / task.pruner.cost.macs(task.pruner.channels)),
             "counts": [int(c) for c in counts],
