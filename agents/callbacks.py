@@ -36,7 +36,9 @@ class EpisodeRewardCallback(BaseCallback):
                 self._reward = float(info["reward"])
                 self._episodes += 1
                 self.on_episode(info)
-        return True
+        return not self.stop_requested
+
+    stop_requested = False  # set (e.g. by a Ctrl-C handler) to end learning after the current step
 
     def _on_rollout_end(self) -> None:
         if self._reward is None:

@@ -20,6 +20,7 @@ import json
 import pickle
 import random
 import shutil
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -271,11 +272,20 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
     recorder = SearchRecorder(run, log, state, task, config, agent, progress)
     callback = EpisodeRewardCallback(n_steps, recorder.on_episode, recorder.checkpoint, baseline=state.baseline)
     remaining = config.episodes - state.episode
+
+    def request_stop(signum: int, frame: Any) -> None:
+        # Ctrl-C lands between two steps, never inside a checkpoint or a library call
+        callback.stop_requested = True
+
+    previous = signal.signal(signal.SIGINT, request_stop)
     try:
         if remaining > 0:
             agent.learn(total_timesteps=remaining * n_steps, callback=callback, reset_num_timesteps=checkpoint is None)
     finally:
+        signal.signal(signal.SIGINT, previous)
         recorder.close()
+    if callback.stop_requested:
+        raise KeyboardInterrupt
     recorder.checkpoint(callback.baseline)
     shutil.copyfile(run.ckpt / "agent.zip", run.path / "agent.tmp.zip")
     (run.path / "agent.tmp.zip").replace(run.path / "agent.zip")

@@ -70,7 +70,7 @@ def test_killed_search_resumes_to_the_same_result(env, tmp_path):
         if proc.returncode == 0:
             continue  # it finished before the signal: resuming a finished run is also fine
         if sig == signal.SIGINT:
-            assert proc.returncode == 130
+            assert proc.returncode == 130, stderr
             assert "--resume" in stderr and "Traceback" not in stderr
         logged.append(len(rows(run)) if (run / "episodes.csv").exists() else 0)
     assert any(0 < n < EPISODES for n in logged), f"no kill landed mid-search: {logged}"
