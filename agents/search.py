@@ -61,7 +61,7 @@ class SearchConfig:
     algo: str = "ddpg"
     lbound: float = 0.2
     rbound: float = 1.0
-    importance: str = "l1"
+    selection: str = "ls"
     calib_size: int = 3000
     bn_size: int = 256
     device: str = "cpu"
@@ -248,7 +248,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
 
     task = task or prepare_task(
         config.model, config.checkpoint, config.dataset, config.data_dir, val_size=config.val_size,
-        seed=config.seed, calib_size=config.calib_size, bn_size=config.bn_size, importance=config.importance,
+        seed=config.seed, calib_size=config.calib_size, bn_size=config.bn_size, selection=config.selection,
     )
     budget = config.budget()
     latency = latency_table(task, run.path) if "latency" in (budget.kind, config.reward) else None

@@ -30,7 +30,7 @@ from amc.evaluate import accuracy, cpu_latency
 from amc.flops import count_macs_params
 from amc.policy import Policy
 from amc.pruned_model import load_model, read_model_info, save_pruned
-from amc.pruner import ChannelPruner
+from amc.pruner import SELECTIONS, ChannelPruner
 from amc.export import export_onnx, export_torchscript
 from amc.finetune import FinetuneConfig, finetune
 from amc.latency import LatencyTable
@@ -87,6 +87,11 @@ _SHARED_FLAGS: dict[str, AddShared] = {
     "val_size": _flag(
         "--val-size", type=int, metavar="N",
         help="TRAIN images held out as the val split (default: a fifth, at most 5000)",
+    ),
+    "selection": _flag(
+        "--selection", choices=SELECTIONS,
+        help="how a group's kept channels are chosen: ls (default: greedy least squares on the calibration "
+        "images, the channels the re-fit replaces best), or by weight norm: l1, l2, bn (BatchNorm scale)",
     ),
     "out": _flag("--out", metavar="FILE", help="file to write"),
     "force": _flag("--force", action="store_true", help="overwrite --out if it exists"),
@@ -218,6 +223,24 @@ def _trained_model(args: argparse.Namespace, data: Dataset | None) -> TrainedMod
         )
     return TrainedModel(load_model(args.model), args.model, info["num_classes"], shape, tuple(info["mean"]),
                         tuple(info["std"]))
+
+
+def _apply_selection(args: argparse.Namespace, policy: Policy | None) -> str:
+    """The channel selection apply uses: --selection, else the one the policy (or the agent's run) was
+    searched with, else ls; without --dataset (no calibration images) a weight norm, l1 by default."""
+    if args.agent is not None:
+        config = Path(args.agent).parent / "config.json"
+        recorded = json.loads(config.read_text()).get("selection") if config.is_file() else None
+    else:
+        recorded = policy.extra.get("selection") if policy is not None else None
+    if args.dataset:
+        return args.selection or recorded or "ls"
+    if args.selection == "ls":
+        raise AmcError("--selection ls chooses channels on calibration images: pass --dataset (and --data-dir)")
+    if recorded == "ls" and args.selection is None:
+        warnings.warn("the policy was searched with least-squares channel selection, which needs --dataset; "
+                      "keeping channels by l1 magnitude instead")
+    return args.selection or (recorded if recorded != "ls" else None) or "l1"
 
 
 def _check_forward(model: nn.Module, input_shape: Sequence[int], spec: str) -> None:
@@ -381,7 +404,8 @@ def _baseline_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command(
     "baseline", "write a baseline pruning policy that meets a budget",
-    shared=("model", "checkpoint", "dataset", "data_dir", "input_shape", "out", "force", "budget", "seed", "val_size"),
+    shared=("model", "checkpoint", "dataset", "data_dir", "input_shape", "out", "force", "budget", "seed", "val_size",
+            "selection"),
     required=("model", "out", "budget"),
     arguments=_baseline_arguments,
 )
@@ -394,7 +418,7 @@ def run_baseline(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {}
     if args.method == "uniform" and (not args.dataset or budget.kind == "latency"):
         trained = _trained_model(args, _dataset(args))
-        pruner = ChannelPruner(trained.module, trained.input_shape)
+        pruner = ChannelPruner(trained.module, trained.input_shape, selection=args.selection or "ls")
         cost = cost_function(pruner, budget.kind, LatencyTable.measure(pruner) if budget.kind == "latency" else None)
         counts = uniform_counts(pruner, cost, check_reachable(pruner, cost, budget, lbound))
     elif not args.dataset:
@@ -403,7 +427,7 @@ def run_baseline(args: argparse.Namespace) -> int:
         from agents.baselines import run_baseline as search_baseline  # the CLI is where amc meets its agents
 
         task = prepare_task(args.model, args.checkpoint, args.dataset, args.data_dir, val_size=args.val_size,
-                            seed=args.seed)
+                            seed=args.seed, selection=args.selection or "ls")
         pruner = task.pruner
         found = search_baseline(args.method, task, budget, episodes=args.episodes, seed=args.seed, lbound=lbound)
         counts = found.counts
@@ -436,7 +460,8 @@ def _apply_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command(
     "apply", "prune a model with a policy and write the pruned-model file",
-    shared=("model", "checkpoint", "dataset", "data_dir", "input_shape", "out", "force", "seed", "val_size", "budget"),
+    shared=("model", "checkpoint", "dataset", "data_dir", "input_shape", "out", "force", "seed", "val_size", "budget",
+            "selection"),
     required=("model", "out"),
     arguments=_apply_arguments,
 )
@@ -457,15 +482,16 @@ def run_apply(args: argparse.Namespace) -> int:
     if policy is not None and policy.model != args.model:
         warnings.warn(f"policy {args.policy} was made for model {policy.model}; applying it to {args.model}")
 
+    selection = _apply_selection(args, policy)
     task = None
     if args.dataset:
         task = prepare_task(args.model, args.checkpoint, args.dataset, args.data_dir, val_size=args.val_size,
-                            seed=args.seed, reconstruct=reconstruct)
+                            seed=args.seed, reconstruct=reconstruct, selection=selection)
         trained, pruner = task.model, task.pruner
     else:
         trained = load_trained_model(args.model, args.checkpoint, input_shape=args.input_shape)
         _check_forward(trained.module, trained.input_shape, args.model)
-        pruner = ChannelPruner(trained.module, trained.input_shape)
+        pruner = ChannelPruner(trained.module, trained.input_shape, selection=selection)
     if policy is None:
         from agents.search import policy_from_agent  # the CLI is where amc meets its agents
 
@@ -634,7 +660,7 @@ def _train_agent_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command(
     "train-agent", "search a pruning policy with the AMC agent (no arguments: the embedded digits model at 50%% FLOPs)",
-    shared=("model", "checkpoint", "dataset", "data_dir", "out", "force", "seed", "val_size", "budget"),
+    shared=("model", "checkpoint", "dataset", "data_dir", "out", "force", "seed", "val_size", "budget", "selection"),
     required=(),
     arguments=_train_agent_arguments,
 )
@@ -654,7 +680,7 @@ def run_train_agent(args: argparse.Namespace) -> int:
         model=model, checkpoint=checkpoint, dataset=dataset, data_dir=args.data_dir, budget_kind=budget.kind,
         budget_ratio=budget.ratio, reward=args.reward, episodes=args.episodes, warmup=args.warmup,
         val_size=args.val_size, seed=args.seed, algo=args.algo, lbound=args.lbound, rbound=args.rbound,
-        device=args.device, out=out,
+        selection=args.selection or SearchConfig.selection, device=args.device, out=out,
     )
     try:
         result = run_search(config, resume=args.resume, force=args.force, progress=not args.no_progress)

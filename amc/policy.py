@@ -65,7 +65,8 @@ class Policy:
     ) -> Policy:
         """The policy keeping `counts[i]` channels of `pruner.groups[i]` (counts: ints, shape [G]).
 
-        `predicted` is filled from `pruner.cost`; `extra` keyword arguments become extra fields.
+        `predicted` is filled from `pruner.cost`; `extra` keyword arguments become extra fields, after
+        `selection`: how the pruner chooses a group's channels (`ls`, `l1`, ...), so `amc apply` keeps the same.
         """
         counts = np.asarray(counts, dtype=np.int64)
         if counts.shape != pruner.channels.shape:
@@ -82,7 +83,7 @@ class Policy:
             "params_ratio": params / dense_params,
         }
         groups = [GroupKeep(g.name, g.channels, int(n)) for g, n in zip(pruner.groups, counts)]
-        return cls(model_spec, groups, budget, predicted, dict(extra))
+        return cls(model_spec, groups, budget, predicted, {"selection": pruner.selection, **extra})
 
     def to_dict(self) -> dict[str, Any]:
         """The file's JSON object."""

@@ -2,6 +2,9 @@
 
 `ChannelPruner` holds what every policy needs: the verified groups, the exact cost model, each
 group's channel ranking and (after `calibrate`) the Gram matrices for least-squares reconstruction.
+Channels are ranked by least squares (`ls`, the default: greedy elimination of the channels whose
+removal the re-fit compensates best, from the calibration statistics) or by a weight norm (`l1`, `l2`,
+`bn`: no data needed).
 `prune` turns kept channel counts into a physically smaller model with re-fitted consumers.
 """
 
@@ -16,16 +19,16 @@ import torch.nn as nn
 
 from amc.flops import CostModel
 from amc.groups import ChannelGroup, find_groups, prune_
-from amc.reconstruct import collect_grams, refit
+from amc.reconstruct import collect_grams, greedy_order, refit
 
-Importance = Literal["l1", "l2", "bn"]
-IMPORTANCES: tuple[str, ...] = ("l1", "l2", "bn")
+Selection = Literal["ls", "l1", "l2", "bn"]
+SELECTIONS: tuple[str, ...] = ("ls", "l1", "l2", "bn")
 
 
-def channel_importance(model: nn.Module, group: ChannelGroup, method: Importance = "l1") -> torch.Tensor:
-    """Importance of each root channel of `group`, shape [channels].
+def channel_importance(model: nn.Module, group: ChannelGroup, method: Selection = "l1") -> torch.Tensor:
+    """Weight-norm importance of each root channel of `group`, shape [channels].
 
-    `l1` / `l2`: norm of the consuming layers' weights over the channel (AMC's default is l1);
+    `l1` / `l2`: norm of the consuming layers' weights over the channel (AMC's reference uses l1);
     `bn`: absolute BatchNorm scale of the channel.
     """
     modules = dict(model.named_modules())
@@ -41,10 +44,22 @@ def channel_importance(model: nn.Module, group: ChannelGroup, method: Importance
     return score
 
 
+def _input_columns(layer: nn.Module, group: ChannelGroup) -> list[torch.Tensor]:
+    """The columns of the consumer's flattened weight [O, D] fed by each root channel of `group`: a
+    conv's k*k columns per input channel, every flattened feature of the channel for a Linear."""
+    item = next(it for it in group.items if it.module == group.consumer)
+    block = layer.weight[0, 0].numel()  # k*k input features per channel of a conv, 1 for Linear
+    inputs: list[list[int]] = [[] for _ in range(group.channels)]
+    for idx, root in zip(item.idxs, item.root_idxs):
+        inputs[root].append(idx)
+    return [(torch.tensor(idx, dtype=torch.long)[:, None] * block + torch.arange(block)).reshape(-1) for idx in inputs]
+
+
 class ChannelPruner:
     """Analyse `model` once (groups, MAC/param model, channel ranking); prune it to any counts.
 
-    `input_shape` is one input's (C, H, W). `importance` picks how channels are ranked.
+    `input_shape` is one input's (C, H, W). `selection` picks how channels are ranked; `ls` ranks
+    only after `calibrate` (a group without a re-fittable consumer falls back to `l1`).
     """
 
     def __init__(
@@ -52,21 +67,25 @@ class ChannelPruner:
         model: nn.Module,
         input_shape: Sequence[int],
         *,
-        importance: Importance = "l1",
+        selection: Selection = "ls",
         ignored: Sequence[str] = (),
     ) -> None:
-        if importance not in IMPORTANCES:
-            raise ValueError(f"unknown channel importance {importance!r}; choose one of {IMPORTANCES}")
+        if selection not in SELECTIONS:
+            raise ValueError(f"unknown channel selection {selection!r}; choose one of {SELECTIONS}")
         self.model = model.eval()
         self.input_shape = tuple(int(d) for d in input_shape)
         example = torch.randn(4, *self.input_shape, generator=torch.Generator().manual_seed(0))
         self.groups, self.layers = find_groups(model, example, ignored=ignored)
         self.cost = CostModel(model, self.groups, self.layers)
+        self.selection = selection
+        norm = "l1" if selection == "ls" else selection
         self.ranking = {
-            g.name: torch.argsort(channel_importance(model, g, importance), descending=True, stable=True)
+            g.name: torch.argsort(channel_importance(model, g, norm), descending=True, stable=True)
             for g in self.groups
         }
         self.grams: dict[str, torch.Tensor] = {}
+        modules = dict(model.named_modules())
+        self.blocks = {g.name: _input_columns(modules[g.consumer], g) for g in self.groups if g.consumer is not None}
 
     @property
     def names(self) -> list[str]:
@@ -83,9 +102,19 @@ class ChannelPruner:
         (normalized float inputs from the TRAIN split)."""
         consumers = [g.consumer for g in self.groups if g.consumer is not None]
         self.grams = collect_grams(self.model, consumers, batches, positions=positions, seed=seed)
+        if self.selection == "ls":
+            modules = dict(self.model.named_modules())
+            for group in self.groups:
+                blocks = self.blocks.get(group.name, [])
+                if blocks and len({len(b) for b in blocks}) == 1:
+                    weight = modules[group.consumer].weight.detach()
+                    self.ranking[group.name] = greedy_order(
+                        weight.reshape(len(weight), -1), self.grams[group.consumer], torch.stack(blocks))
 
     def keep_indices(self, counts: Mapping[str, int]) -> dict[str, torch.Tensor]:
         """The `counts[name]` highest-ranked channels of each group, as sorted index tensors."""
+        if self.selection == "ls" and not self.grams:
+            raise RuntimeError("least-squares channel selection needs calibrate() first")
         return {name: self.ranking[name][: int(n)].sort().values for name, n in counts.items()}
 
     def prune(self, keep: Mapping[str, torch.Tensor], *, reconstruct: bool = True) -> nn.Module:
@@ -107,12 +136,8 @@ class ChannelPruner:
             if group.consumer is None or group.name not in keep or len(keep[group.name]) == group.channels:
                 continue
             layer = modules[group.consumer]
-            item = next(it for it in group.items if it.module == group.consumer)
-            kept = set(keep[group.name].tolist())
-            kept_in = torch.tensor(sorted(i for i, r in zip(item.idxs, item.root_idxs) if r in kept))
-            block = layer.weight[0, 0].numel()  # k*k input features per channel of a conv, 1 for Linear
-            cols = (kept_in[:, None] * block + torch.arange(block)).reshape(-1)
             flat = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+            cols = torch.cat([self.blocks[group.name][i] for i in keep[group.name].tolist()]).sort().values
             with torch.no_grad():
                 new = flat.clone()
                 new[:, cols] = refit(flat, self.grams[group.consumer], cols)

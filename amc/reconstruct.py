@@ -86,3 +86,39 @@ def refit(weight: torch.Tensor, gram: torch.Tensor, keep_cols: torch.Tensor) -> 
     if not torch.isfinite(solved).all():
         return weight[:, keep_cols].clone()
     return solved.T.to(weight.dtype)
+
+
+def greedy_order(weight: torch.Tensor, gram: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """Input channels of a consumer ordered most important first, by greedy least-squares elimination.
+
+    `weight` [O, D] is the consumer's flattened weight, `gram` [D, D] its input Gram matrix, `blocks`
+    [n, b] the columns of D fed by each of the n channels. Starting from all channels, the channels whose
+    removal raises the re-fitted reconstruction error ||X[:, S] W'^T - X W^T||^2 least are removed first
+    (the error increase of dropping block j is tr(A_j^T P_jj^-1 A_j), A = the re-fitted weights and
+    P = G[S, S]^-1, both downdated in place of a new solve). The order is nested, so the top k of it is
+    the greedy selection for every count k at once. Groups of more than 64 channels drop 1/64 of the
+    remaining channels per step.
+    """
+    n, b = blocks.shape
+    cols = blocks.reshape(-1)
+    g_ss = gram[cols][:, cols]
+    g_ss = g_ss + 1e-6 * g_ss.diagonal().mean().clamp_min(1e-12) * torch.eye(len(cols), dtype=g_ss.dtype)
+    inverse = torch.linalg.inv(g_ss)  # P, [m*b, m*b] over the alive channels
+    fitted = inverse @ (gram[cols] @ weight.double().T)  # A, [m*b, O]
+    alive = torch.arange(n)
+    removed: list[torch.Tensor] = []
+    while len(alive) > 1:
+        m = len(alive)
+        diag = inverse.reshape(m, b, m, b)[torch.arange(m), :, torch.arange(m), :]  # [m, b, b]
+        per_block = fitted.reshape(m, b, -1)
+        increase = (per_block * torch.linalg.solve(diag, per_block)).sum((1, 2))
+        drop = torch.zeros(m, dtype=torch.bool)
+        drop[torch.argsort(increase, stable=True)[: max(1, (m - 1) // 64)]] = True
+        removed.append(alive[drop][increase[drop].argsort(descending=True)])
+        rows_drop, rows_keep = drop.repeat_interleave(b), ~drop.repeat_interleave(b)
+        cross = inverse[rows_keep][:, rows_drop]
+        solve = torch.linalg.solve(inverse[rows_drop][:, rows_drop], torch.cat([cross.T, fitted[rows_drop]], 1))
+        fitted = fitted[rows_keep] - cross @ solve[:, len(cross):]
+        inverse = inverse[rows_keep][:, rows_keep] - cross @ solve[:, : len(cross)]
+        alive = alive[~drop]
+    return torch.cat([alive, *reversed(removed)])

@@ -22,7 +22,7 @@ from amc.data import Dataset, default_val_size, load_dataset, split_train_val
 from amc.errors import AmcError
 from amc.evaluate import accuracy, recalibrate_batchnorm
 from amc.models import create_model, load_checkpoint, read_checkpoint
-from amc.pruner import ChannelPruner, Importance
+from amc.pruner import ChannelPruner, Selection
 
 
 @dataclass
@@ -136,7 +136,7 @@ def prepare_task(
     calib_size: int = 3000,
     bn_size: int = 256,
     positions: int = 10,
-    importance: Importance = "l1",
+    selection: Selection = "ls",
     reconstruct: bool = True,
 ) -> Task:
     """Load, split, analyse and calibrate: the one-time set-up of a search (see the module docstring).
@@ -144,7 +144,8 @@ def prepare_task(
     `val_size` images of the train split (default `default_val_size`) become the reward split;
     `calib_size` images of the rest feed the least-squares statistics (`positions` sampled output
     positions per image and layer) and `bn_size` of them re-estimate BatchNorm after pruning
-    (0 disables it). The split depends only on `seed` and the dataset.
+    (0 disables it). `selection` ranks the channels of each group (`ls`: least-squares greedy selection
+    from the same statistics). The split depends only on `seed` and the dataset.
     """
     data = load_dataset(dataset, data_dir)
     trained = load_trained_model(model, checkpoint, dataset=data)
@@ -153,7 +154,7 @@ def prepare_task(
     train_idx, val_idx = split_train_val(n_train, val_size, seed)
     if len(train_idx) == 0:
         raise AmcError(f"--val-size {val_size} leaves no training images for calibration; pass a smaller --val-size")
-    pruner = ChannelPruner(trained.module, trained.input_shape, importance=importance)
+    pruner = ChannelPruner(trained.module, trained.input_shape, selection=selection)
     if not pruner.groups:
         raise AmcError(f"model {model} has no prunable channel group; amc prunes conv and Linear channels")
 
@@ -161,7 +162,7 @@ def prepare_task(
         return normalize(data.train.images[idx], trained.mean, trained.std)
 
     calib = norm(_sample(train_idx, calib_size, seed + 1))
-    if reconstruct:
+    if reconstruct or selection == "ls":
         pruner.calibrate(calib.split(250), positions=positions, seed=seed)
     bn_x = norm(_sample(train_idx, bn_size, seed + 2)) if bn_size > 0 else None
     evaluator = RewardEvaluator(pruner, norm(val_idx), data.train.labels[val_idx], bn_x=bn_x, reconstruct=reconstruct)

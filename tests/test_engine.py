@@ -18,7 +18,7 @@ from amc.flops import count_macs_params
 from amc.groups import mask_copy, prune_copy
 from amc.models import create_model
 from amc.pruner import ChannelPruner
-from amc.reconstruct import refit
+from amc.reconstruct import greedy_order, refit
 
 CIFAR_SHAPE = (3, 32, 32)
 USER_SHAPE = (3, 16, 16)
@@ -208,6 +208,43 @@ def test_least_squares_refit_reduces_output_error() -> None:
         refitted = F.mse_loss(pruner.prune(keep, reconstruct=True)(x_test), dense).item()
         selected = F.mse_loss(pruner.prune(keep, reconstruct=False)(x_test), dense).item()
     assert refitted < selected
+
+
+def test_least_squares_selection_beats_l1_selection() -> None:
+    model, x_train, x_test = train_digits_cnn()
+    errors = {}
+    for selection in ("ls", "l1"):
+        pruner = ChannelPruner(model, (1, 8, 8), selection=selection)
+        pruner.calibrate(x_train.split(250))
+        keep = pruner.keep_indices(dict(zip(pruner.names, ratio_counts(pruner, 0.4).tolist())))
+        with torch.no_grad():
+            errors[selection] = F.mse_loss(pruner.prune(keep)(x_test), model(x_test)).item()
+    assert errors["ls"] < errors["l1"]
+
+
+def _refit_error(weight: torch.Tensor, gram: torch.Tensor, cols: torch.Tensor) -> float:
+    """||X[:, cols] W'^T - X W^T||^2 of the least-squares W', from the Gram matrix alone."""
+    w = weight.double()
+    diff = -w.clone()
+    diff[:, cols] += refit(weight, gram, cols).double()
+    return float(torch.einsum("od,de,oe->", diff, gram, diff))
+
+
+def test_greedy_order_drops_the_channel_the_refit_misses_least() -> None:
+    g = torch.Generator().manual_seed(0)
+    channels, block, outputs = 6, 4, 5
+    rows = torch.randn(400, channels * block, generator=g, dtype=torch.float64)
+    rows[:, 8:12] = rows[:, 0:4] + 1e-3 * rows[:, 8:12]  # channel 2 almost duplicates channel 0
+    gram = rows.T @ rows
+    weight = torch.randn(outputs, channels * block, generator=g)
+    blocks = torch.arange(channels * block).reshape(channels, block)
+    order = greedy_order(weight, gram, blocks)
+    assert sorted(order.tolist()) == list(range(channels))
+    for alive in (list(range(channels)), order[:4].tolist()):  # the first step, and a later one
+        expected = min(alive, key=lambda j: _refit_error(weight, gram, blocks[[c for c in alive if c != j]].reshape(-1)))
+        first_dropped = [c for c in reversed(order.tolist()) if c in alive][0]
+        assert first_dropped == expected
+    assert order[-1].item() in (0, 2)
 
 
 def test_refit_of_rank_deficient_gram_is_finite() -> None:

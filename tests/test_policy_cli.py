@@ -89,7 +89,7 @@ def test_policy_round_trip(pruner: ChannelPruner, tmp_path: Path) -> None:
     assert data["format"] == "amc-policy/1" and data["method"] == "uniform" and data["seed"] == 3
     loaded = Policy.load(tmp_path / "policy.json")
     assert loaded == policy
-    assert loaded.extra == {"method": "uniform", "seed": 3, "val_accuracy": 0.91}
+    assert loaded.extra == {"selection": "ls", "method": "uniform", "seed": 3, "val_accuracy": 0.91}
     np.testing.assert_array_equal(loaded.counts_for(pruner), counts)
 
 
