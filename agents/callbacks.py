@@ -1,4 +1,4 @@
-"""Callbacks of an AMC search: episode rewards with a moving baseline, the log, the best policy."""
+"""Callbacks of an AMC search: every transition gets its episode's final reward."""
 
 from __future__ import annotations
 
@@ -9,26 +9,24 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 
 class EpisodeRewardCallback(BaseCallback):
-    """Gives every transition of an episode the episode's final reward minus a moving baseline.
+    """Gives every transition of an episode the episode's final reward.
 
-    The environment pays the reward at the last step only; AMC stores it on every step of the episode,
-    less an exponential moving average of past rewards (`alpha` weights the newest), to reduce
-    variance. `on_episode(info)` is called with the final step's info when an episode ends, before its
-    transitions are relabelled and before training; `on_trained(baseline)` when the agent has trained
-    on it (at the start of the next rollout): the moment to checkpoint.
+    The environment pays the reward at the last step only; AMC stores it on every step of the episode
+    (the replay buffer subtracts a moving baseline when it samples). `on_episode(info)` is called with
+    the final step's info when an episode ends, before its transitions are relabelled and before
+    training; `on_trained()` when the agent has trained on it (at the start of the next rollout): the
+    moment to checkpoint.
     """
 
-    def __init__(self, n_steps: int, on_episode: Callable[[dict], None], on_trained: Callable[[float | None], None],
-                 baseline: float | None = None, alpha: float = 0.5) -> None:
+    def __init__(self, n_steps: int, on_episode: Callable[[dict], None], on_trained: Callable[[], None]) -> None:
         super().__init__()
-        self.n_steps, self.on_episode, self.on_trained, self.alpha = n_steps, on_episode, on_trained, alpha
-        self.baseline = baseline
+        self.n_steps, self.on_episode, self.on_trained = n_steps, on_episode, on_trained
         self._reward: float | None = None
         self._episodes = 0
 
     def _on_rollout_start(self) -> None:
         if self._episodes > 0:
-            self.on_trained(self.baseline)
+            self.on_trained()
 
     def _on_step(self) -> bool:
         for done, info in zip(self.locals["dones"], self.locals["infos"]):
@@ -44,7 +42,6 @@ class EpisodeRewardCallback(BaseCallback):
         if self._reward is None:
             return
         reward, self._reward = self._reward, None
-        self.baseline = reward if self.baseline is None else self.baseline + self.alpha * (reward - self.baseline)
         buffer = self.model.replay_buffer
         last = (buffer.pos - 1 - np.arange(self.n_steps)) % buffer.buffer_size
-        buffer.rewards[last, 0] = reward - self.baseline
+        buffer.rewards[last, 0] = reward

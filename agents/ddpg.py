@@ -2,7 +2,8 @@
 
 AMC explores with a truncated normal around the actor's action, sigma = sigma0 * decay^(episodes
 after warm-up); SB3's `ActionNoise` cannot see the actor's action, so `_sample_action` is overridden.
-AMC also trains actor and critic with different learning rates (1e-4 / 1e-3), where SB3 has one.
+AMC also trains actor and critic with different learning rates (1e-4 / 1e-3), where SB3 has one, and
+centres the rewards of every sampled batch on a moving average of batch rewards (`BaselineReplayBuffer`).
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from typing import Any
 import numpy as np
 import torch as th
 from stable_baselines3 import DDPG, SAC, TD3
+from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.utils import update_learning_rate
+from stable_baselines3.common.vec_env import VecNormalize
 
 
 def truncated_normal(mu: np.ndarray, sigma: float, low: float, high: float, rng: np.random.Generator) -> np.ndarray:
@@ -29,6 +33,26 @@ def truncated_normal(mu: np.ndarray, sigma: float, low: float, high: float, rng:
         if not todo.any():
             return out
     return np.clip(out, low, high)
+
+
+class BaselineReplayBuffer(ReplayBuffer):
+    """A replay buffer that subtracts a moving baseline from the rewards of every sampled batch.
+
+    As AMC's reference: each transition stores its episode's final reward; at every sample the baseline
+    moves towards the batch's mean reward (`alpha` weights the newest batch) and is subtracted from the
+    whole batch, so all stored episodes are compared on one scale (a baseline fixed when an episode is
+    stored would turn each reward into "better than the last few episodes", which is mostly noise). The
+    baseline is pickled with the buffer, so a resumed search continues it.
+    """
+
+    alpha: float = 0.5
+    baseline: float | None = None
+
+    def _get_samples(self, batch_inds: np.ndarray, env: VecNormalize | None = None) -> ReplayBufferSamples:
+        samples = super()._get_samples(batch_inds, env)
+        mean = float(samples.rewards.mean())
+        self.baseline = mean if self.baseline is None else self.baseline + self.alpha * (mean - self.baseline)
+        return samples._replace(rewards=samples.rewards - self.baseline)
 
 
 class AMCMixin:
@@ -113,7 +137,8 @@ def make_agent(
 
     Training happens after every episode, one gradient step per stored transition
     (`train_freq=(1, "episode")`, `gradient_steps=-1`); the replay buffer holds `replay_episodes`
-    episodes; the first `warmup_episodes` episodes act uniformly at random and do not train.
+    episodes and centres sampled rewards on a moving baseline; the first `warmup_episodes` episodes act
+    uniformly at random and do not train.
     """
     if algo not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
@@ -127,6 +152,7 @@ def make_agent(
         gamma=gamma,
         train_freq=(1, "episode"),
         gradient_steps=-1,
+        replay_buffer_class=BaselineReplayBuffer,
         policy_kwargs={"net_arch": {"pi": [hidden, hidden], "qf": [hidden, hidden]}},
         seed=seed,
         device=device,

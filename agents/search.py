@@ -5,7 +5,7 @@ Run folder (`runs/NAME/`):
 - `episodes.csv`     one row per finished episode: episode, reward, val accuracy, MACs, ... ratios
 - `best_policy.json` the best policy so far (amc policy schema plus val accuracy)
 - `agent.zip`        the SB3 agent at the end
-- `checkpoint/`      agent, replay buffer, baseline, best and random states after the last episode
+- `checkpoint/`      agent, replay buffer (with its reward baseline), best and random states after the last episode
 - `rewards.png`, `best_policy.png`  reward/accuracy per episode; preserve ratio per layer
 - `latency.json`     the latency table, for a latency budget or reward (measured once)
 Every file is written atomically. A killed search resumes from `checkpoint/` with `--resume`: the
@@ -78,7 +78,6 @@ class SearchState:
     episode: int = 0
     best_reward: float = -float("inf")
     best: dict[str, Any] | None = None
-    baseline: float | None = None
     seconds: float = 0.0
     rng: dict[str, Any] = field(default_factory=dict)
 
@@ -215,8 +214,8 @@ class SearchRecorder:
         self.bar.set_postfix(best=f"{state.best_reward:.4f}", acc=f"{info['accuracy']:.4f}")
         self.bar.update(1)
 
-    def checkpoint(self, baseline: float | None) -> None:
-        self.state.baseline, self.state.rng = baseline, _capture_rng(self.agent)
+    def checkpoint(self) -> None:
+        self.state.rng = _capture_rng(self.agent)
         self.run.write_checkpoint(self.agent, self.state)
         self.episode_start = time.monotonic()
 
@@ -270,7 +269,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
         atomic_write_json(run.path / "best_policy.json", state.best)
 
     recorder = SearchRecorder(run, log, state, task, config, agent, progress)
-    callback = EpisodeRewardCallback(n_steps, recorder.on_episode, recorder.checkpoint, baseline=state.baseline)
+    callback = EpisodeRewardCallback(n_steps, recorder.on_episode, recorder.checkpoint)
     remaining = config.episodes - state.episode
 
     def request_stop(signum: int, frame: Any) -> None:
@@ -286,7 +285,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
         recorder.close()
     if callback.stop_requested:
         raise KeyboardInterrupt
-    recorder.checkpoint(callback.baseline)
+    recorder.checkpoint()
     shutil.copyfile(run.ckpt / "agent.zip", run.path / "agent.tmp.zip")
     (run.path / "agent.tmp.zip").replace(run.path / "agent.zip")
 

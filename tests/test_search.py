@@ -12,7 +12,7 @@ import pytest
 
 from stable_baselines3.common.logger import Logger
 
-from agents.ddpg import make_agent, truncated_normal
+from agents.ddpg import BaselineReplayBuffer, make_agent, truncated_normal
 from agents.search import SearchConfig, policy_from_agent, run_search
 from amc.budget import Budget
 from amc.errors import AmcError
@@ -110,6 +110,21 @@ def test_agent_is_configured_as_amc(task):
     assert agent.critic.optimizer.param_groups[0]["lr"] == 1e-3
     agent._episode_num = 110
     assert agent.exploration_sigma() == pytest.approx(0.5 * 0.95**10)
+    assert isinstance(agent.replay_buffer, BaselineReplayBuffer)
+
+
+def test_replay_rewards_are_centred_on_one_moving_baseline(task):
+    env = ChannelPruningEnv(task.pruner, task.evaluator, Budget("flops", 0.5))
+    buffer = make_agent("ddpg", env, env.n_groups).replay_buffer
+    obs, action = np.zeros((1, 11), np.float32), np.zeros((1, 1), np.float32)
+    for reward in (0.7, 0.9):  # two stored episodes of 10 transitions each
+        for _ in range(10):
+            buffer.add(obs, obs, action, np.array([reward]), np.array([False]), [{}])
+    first = buffer._get_samples(np.arange(20)).rewards.numpy().ravel()
+    np.testing.assert_allclose(first, [-0.1] * 10 + [0.1] * 10, atol=1e-6)  # both episodes on one scale
+    assert buffer.baseline == pytest.approx(0.8)
+    buffer._get_samples(np.arange(10, 20))  # a batch of the better episode only: the baseline moves halfway
+    assert buffer.baseline == pytest.approx(0.85)
 
 
 @pytest.mark.parametrize("algo", ["td3", "sac"])
