@@ -1,6 +1,7 @@
 """Benchmark: what the fast evaluation's parts are worth, at the uniform policy, on TEST.
 
-For each model: the uniform policy at the FLOPs budget, evaluated on the test split with channel
+For each model and channel selection (`l1`: AMC's reference magnitude ranking; `ls`: greedy least
+squares, the default): the uniform policy at the FLOPs budget, evaluated on the test split with channel
 selection only, with the least-squares re-fit, with BatchNorm re-estimation, and with both (the
 search's evaluation). No fine-tuning. Writes `bench/results/reconstruction.json` and `.md`.
 
@@ -37,17 +38,19 @@ def main() -> None:
     parser.add_argument("--target-flops", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--selections", default="l1,ls")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = []
-    for model in args.models.split(","):
+    for model, selection in ((m, s) for m in args.models.split(",") for s in args.selections.split(",")):
         started = time.monotonic()
         task = prepare_task(model, Path(args.weights) / f"{model}-cifar10jpg.pt", "imagefolder", args.data_dir,
-                            val_size=1000, seed=args.seed)
+                            val_size=1000, seed=args.seed, selection=selection)
         pruner, base = task.pruner, task.evaluator
         dense_macs = int(pruner.cost.macs(pruner.channels))
         counts = uniform_counts(pruner, pruner.cost.macs, args.target_flops * dense_macs)
-        row = {"model": model, "dense_test_accuracy": task.test_accuracy(pruner.model), "dense_macs": dense_macs}
+        row = {"model": model, "selection": selection, "dense_test_accuracy": task.test_accuracy(pruner.model),
+               "dense_macs": dense_macs}
         for name, (refit, bn) in VARIANTS.items():
             evaluator = RewardEvaluator(pruner, base.val_x, base.val_y, bn_x=base.bn_x if bn else None, reconstruct=refit)
             pruned = evaluator.prune(counts)
@@ -70,15 +73,17 @@ def main() -> None:
         f"# Fast evaluation at the uniform {round(100 * args.target_flops)}% FLOPs policy (test accuracy %, no fine-tuning)",
         "",
         f"Command: `{summary['command']}`; seed {args.seed}; machine: {summary['machine']}.",
-        "Re-fit: least squares on 3,000 calibration images (10 positions each) of the train split; "
+        "Selection: l1 = magnitude of the consuming weights (AMC's reference), ls = greedy least squares "
+        "(default). Re-fit: least squares on 3,000 calibration images (10 positions each) of the train split; "
         "BN: statistics re-estimated on 256 train images.",
         "",
-        "| model | dense | " + " | ".join(VARIANTS) + " | MACs ratio |",
-        "|---|---|" + "---|" * len(VARIANTS) + "---|",
+        "| model | selection | dense | " + " | ".join(VARIANTS) + " | MACs ratio |",
+        "|---|---|---|" + "---|" * len(VARIANTS) + "---|",
     ]
     for row in results:
         cells = " | ".join(f"{100 * row[name]:.2f}" for name in VARIANTS)
-        lines.append(f"| {row['model']} | {100 * row['dense_test_accuracy']:.2f} | {cells} | {row['macs_ratio']:.4f} |")
+        lines.append(f"| {row['model']} | {row['selection']} | {100 * row['dense_test_accuracy']:.2f} | {cells} | "
+                     f"{row['macs_ratio']:.4f} |")
     report.write("reconstruction", summary, lines)
 
 
