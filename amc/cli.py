@@ -237,10 +237,13 @@ def _apply_selection(args: argparse.Namespace, policy: Policy | None) -> str:
         return args.selection or recorded or "ls"
     if args.selection == "ls":
         raise AmcError("--selection ls chooses channels on calibration images: pass --dataset (and --data-dir)")
-    if recorded == "ls" and args.selection is None:
+    if args.selection:
+        return args.selection
+    if recorded == "ls":
         warnings.warn("the policy was searched with least-squares channel selection, which needs --dataset; "
                       "keeping channels by l1 magnitude instead")
-    return args.selection or (recorded if recorded != "ls" else None) or "l1"
+        return "l1"
+    return recorded or "l1"
 
 
 def _check_forward(model: nn.Module, input_shape: Sequence[int], spec: str) -> None:

@@ -65,6 +65,12 @@ def collect_grams(
     return grams
 
 
+def _ridged(gram: torch.Tensor) -> torch.Tensor:
+    """`gram` + a small ridge (1e-6 of its mean diagonal) on the diagonal, so a rank-deficient G solves."""
+    ridge = 1e-6 * gram.diagonal().mean().clamp_min(1e-12)
+    return gram + ridge * torch.eye(len(gram), dtype=gram.dtype)
+
+
 def refit(weight: torch.Tensor, gram: torch.Tensor, keep_cols: torch.Tensor) -> torch.Tensor:
     """Least-squares weights over the kept input columns, shape [O, len(keep_cols)] (flattened).
 
@@ -73,16 +79,14 @@ def refit(weight: torch.Tensor, gram: torch.Tensor, keep_cols: torch.Tensor) -> 
     the kept columns are returned (plain channel selection), never NaN.
     """
     w = weight.double()
-    g_ss = gram[keep_cols][:, keep_cols]
+    g_ss = _ridged(gram[keep_cols][:, keep_cols])
     rhs = gram[keep_cols] @ w.T  # [S, O]
-    ridge = 1e-6 * g_ss.diagonal().mean().clamp_min(1e-12)
-    eye = torch.eye(len(keep_cols), dtype=g_ss.dtype)
     # G + ridge*I is symmetric positive definite: Cholesky solves it about twice as fast as LU
-    factor, info = torch.linalg.cholesky_ex(g_ss + ridge * eye)
+    factor, info = torch.linalg.cholesky_ex(g_ss)
     if info.item() == 0:
         solved = torch.cholesky_solve(rhs, factor)
     else:  # numerically indefinite even with the ridge
-        solved = torch.linalg.lstsq(g_ss + ridge * eye, rhs).solution
+        solved = torch.linalg.lstsq(g_ss, rhs).solution
     if not torch.isfinite(solved).all():
         return weight[:, keep_cols].clone()
     return solved.T.to(weight.dtype)
@@ -101,9 +105,7 @@ def greedy_order(weight: torch.Tensor, gram: torch.Tensor, blocks: torch.Tensor)
     """
     n, b = blocks.shape
     cols = blocks.reshape(-1)
-    g_ss = gram[cols][:, cols]
-    g_ss = g_ss + 1e-6 * g_ss.diagonal().mean().clamp_min(1e-12) * torch.eye(len(cols), dtype=g_ss.dtype)
-    inverse = torch.linalg.inv(g_ss)  # P, [m*b, m*b] over the alive channels
+    inverse = torch.linalg.inv(_ridged(gram[cols][:, cols]))  # P, [m*b, m*b] over the alive channels
     fitted = inverse @ (gram[cols] @ weight.double().T)  # A, [m*b, O]
     alive = torch.arange(n)
     removed: list[torch.Tensor] = []
