@@ -2,12 +2,14 @@
 
 For each policy file (e.g. the AMC search's best policy and the uniform policy at the same budget) the
 model is pruned with re-fit, fine-tuned with amc's defaults for `--epochs` epochs (SGD + Nesterov, cosine,
-standard CIFAR augmentation, best epoch on val), and measured: test accuracy, MACs, params, and the
+standard CIFAR augmentation, best epoch on val; `--distill-alpha` adds distillation from the dense model),
+and measured: test accuracy, MACs, params, and the
 median CPU latency at batch 1 and 64 against the dense model. Writes
 `bench/results/finetune_<model>.json` and `.md`.
 
     python bench/finetune.py --model resnet56 --checkpoint ../shared/weights/resnet56-cifar10jpg.pt \
-        --data-dir DIR --policy amc=runs/r56/best_policy.json --policy uniform=uniform.json --epochs 30
+        --data-dir DIR --policy amc=runs/r56/best_policy.json --policy uniform=uniform.json --epochs 30 \
+        [--distill-alpha 0.9]
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--val-size", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--distill-alpha", type=float, default=0.0,
+                        help="weight of distillation from the dense model (0: plain cross-entropy)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default=str(report.ROOT / "runs" / "bench-finetune"), help="fine-tuned models (resumable)")
     args = parser.parse_args()
@@ -57,7 +61,8 @@ def main() -> None:
         out = Path(args.work) / f"{args.model}-{name}.pt"
         started = time.monotonic()
         result = finetune(model, train, val, task.model.mean, task.model.std,
-                          FinetuneConfig(epochs=args.epochs, seed=args.seed), out=out,
+                          FinetuneConfig(epochs=args.epochs, seed=args.seed, distill_alpha=args.distill_alpha),
+                          teacher=dense if args.distill_alpha > 0 else None, out=out,
                           resume=out.with_suffix(".last.pt").exists())
         model.load_state_dict(torch.load(out, weights_only=True)["state_dict"])
         macs, params = count_macs_params(model, shape)
@@ -74,11 +79,14 @@ def main() -> None:
         "command": report.command("finetune.py"),
         "seed": args.seed,
         "epochs": args.epochs,
+        "distill_alpha": args.distill_alpha,
         "machine": report.machine(args.threads),
         "rows": rows,
     }
     lines = [
-        f"# {args.model}: pruned and fine-tuned {args.epochs} epochs (test accuracy %, CPU latency ms, median)",
+        f"# {args.model}: pruned and fine-tuned {args.epochs} epochs"
+        + (f", distilled from the dense model (alpha {args.distill_alpha})" if args.distill_alpha > 0 else "")
+        + " (test accuracy %, CPU latency ms, median)",
         "",
         f"Command: `{summary['command']}`; seed {args.seed}; machine: {summary['machine']}.",
         "",
