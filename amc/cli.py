@@ -296,6 +296,8 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", nargs=2, metavar=("DENSE", "PRUNED"),
                         help="compare two models (--checkpoint belongs to DENSE): accuracy, MACs, params, "
                              "CPU latency at batch 1 and 64, speed-up")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="time the models in channels-last memory layout, usually the faster one on a CPU")
 
 
 @command(
@@ -320,11 +322,12 @@ def run_eval(args: argparse.Namespace) -> int:
         images, labels = data.train.images[val_idx], data.train.labels[val_idx]
     acc, _ = accuracy(trained.module, normalize(images, trained.mean, trained.std), labels)
     macs, params = count_macs_params(trained.module, trained.input_shape)
-    latency = cpu_latency(trained.module, trained.input_shape)
+    latency = cpu_latency(trained.module, trained.input_shape, channels_last=args.channels_last)
     threads = torch.get_num_threads()
+    layout = "channels-last" if args.channels_last else "contiguous"
     if args.json:
         _print_json({"model": args.model, "split": args.split, "accuracy": acc, "images": len(labels), "macs": macs,
-                     "params": params, "latency_ms": latency, "threads": threads})
+                     "params": params, "latency_ms": latency, "threads": threads, "layout": layout})
         return 0
     _print_rows([
         ("model", args.model),
@@ -332,7 +335,7 @@ def run_eval(args: argparse.Namespace) -> int:
         ("accuracy", f"{100 * acc:.2f}%"),
         ("MACs", f"{macs:,}"),
         ("params", f"{params:,}"),
-        ("latency", f"{latency:.3f} ms (batch 1, {threads} CPU threads)"),
+        ("latency", f"{latency:.3f} ms (batch 1, {threads} CPU threads, {layout} layout)"),
     ])
     return 0
 
@@ -341,25 +344,28 @@ def _compare(args: argparse.Namespace) -> int:
     """One table for a dense and a pruned model on the test split, latency as medians of repeated runs."""
     data = load_dataset(args.dataset, args.data_dir)
     threads = torch.get_num_threads()
+    layout = "channels-last" if args.channels_last else "contiguous"
     rows = []
     for spec, checkpoint in zip(args.compare, (args.checkpoint, None)):
         trained = _trained_model(argparse.Namespace(model=spec, checkpoint=checkpoint, input_shape=None), data)
         acc, _ = accuracy(trained.module, normalize(data.test.images, trained.mean, trained.std), data.test.labels)
         macs, params = count_macs_params(trained.module, trained.input_shape)
-        latency = {b: cpu_latency(trained.module, trained.input_shape, b) for b in (1, 64)}
+        latency = {b: cpu_latency(trained.module, trained.input_shape, b, channels_last=args.channels_last)
+                   for b in (1, 64)}
         rows.append({"model": spec, "test_accuracy": acc, "macs": macs, "params": params,
                      "latency_ms_batch1": latency[1], "latency_ms_batch64": latency[64]})
     dense, pruned = rows
     speedup = {b: dense[f"latency_ms_batch{b}"] / pruned[f"latency_ms_batch{b}"] for b in (1, 64)}
     if args.json:
-        _print_json({"models": rows, "speedup_batch1": speedup[1], "speedup_batch64": speedup[64], "threads": threads})
+        _print_json({"models": rows, "speedup_batch1": speedup[1], "speedup_batch64": speedup[64], "threads": threads,
+                     "layout": layout})
         return 0
     print(f"{'model':<28}{'test acc':>9}{'MACs':>14}{'params':>11}{'ms @1':>9}{'ms @64':>9}")
     for r in rows:
         print(f"{Path(r['model']).name:<28}{100 * r['test_accuracy']:>8.2f}%{r['macs']:>14,}{r['params']:>11,}"
               f"{r['latency_ms_batch1']:>9.2f}{r['latency_ms_batch64']:>9.1f}")
     print(f"speed-up: {speedup[1]:.2f}x at batch 1, {speedup[64]:.2f}x at batch 64 "
-          f"(median CPU latency, {threads} threads); MACs {dense['macs'] / pruned['macs']:.2f}x fewer")
+          f"(median CPU latency, {threads} threads, {layout} layout); MACs {dense['macs'] / pruned['macs']:.2f}x fewer")
     return 0
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from amc.budget import ratio_counts
 from amc.data import load_dataset, normalize
+from amc.evaluate import cpu_latency
 from amc.flops import count_macs_params
 from amc.groups import mask_copy, prune_copy
 from amc.models import create_model
@@ -264,3 +265,10 @@ def test_refit_keeping_every_column_returns_the_weights() -> None:
     rows = torch.randn(100, 8, generator=g, dtype=torch.float64)
     out = refit(weight, rows.T @ rows, torch.arange(8))
     torch.testing.assert_close(out, weight, atol=1e-4, rtol=1e-4)
+
+
+def test_cpu_latency_in_channels_last_times_a_copy() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())
+    ms = cpu_latency(model, (3, 16, 16), 2, repeats=1, min_run_time=0.01, channels_last=True)
+    assert ms > 0
+    assert model[0].weight.is_contiguous()  # the caller's model keeps its layout

@@ -219,7 +219,18 @@ def test_cli_baseline_apply_eval_on_digits(capsys: pytest.CaptureFixture[str], t
     evaluated = json.loads(out)
     assert evaluated["macs"] == applied["macs"] and evaluated["images"] == 360
     assert evaluated["accuracy"] == pytest.approx(applied["test_accuracy"])
-    assert set(evaluated) == {"model", "split", "accuracy", "images", "macs", "params", "latency_ms", "threads"}
+    assert set(evaluated) == {"model", "split", "accuracy", "images", "macs", "params", "latency_ms", "threads",
+                              "layout"}
+
+    code, out, err = run(capsys, "eval", "--compare", "digits_cnn", model_path, "--dataset", "digits",
+                         "--channels-last", "--json")
+    assert code == 0, err
+    compared = json.loads(out)
+    dense, pruned = compared["models"]
+    assert compared["layout"] == "channels-last"
+    assert pruned["macs"] == applied["macs"] < dense["macs"]
+    assert pruned["test_accuracy"] == pytest.approx(applied["test_accuracy"])
+    assert compared["speedup_batch64"] == pytest.approx(dense["latency_ms_batch64"] / pruned["latency_ms_batch64"])
 
     code, out, err = run(capsys, "eval", "--model", model_path, "--dataset", "digits", "--split", "val",
                          "--val-size", "200", "--json")
