@@ -11,6 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.benchmark as benchmark
 
+from amc.augment import to_channels_last
+
 
 @torch.no_grad()
 def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> tuple[float, float]:
@@ -60,9 +62,8 @@ def cpu_latency(model: nn.Module, input_shape: Sequence[int], batch_size: int = 
     """
     model.eval()
     x = torch.randn(batch_size, *input_shape)
-    if channels_last and x.dim() == 4:
-        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+    if channels_last:
+        model, x = copy.deepcopy(model).to(memory_format=torch.channels_last), to_channels_last(x)
     num_threads = threads or torch.get_num_threads()
     timer = benchmark.Timer("model(x)", globals={"model": model, "x": x}, num_threads=num_threads)
     with torch.no_grad():

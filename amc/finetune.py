@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from amc import distributed
+from amc.augment import to_channels_last
 from amc.data import ImageSet, batches
 from amc.errors import AmcError
 from amc.evaluate import accuracy
@@ -207,9 +208,8 @@ def _train(
     warmup_steps = min(config.warmup_epochs * steps_per_epoch, total_steps // 2)
     main = rank == 0
 
-    # Image batches and conv weights in channels-last layout: ~1.4x faster CPU training (oneDNN).
-    layout = torch.channels_last if train.images.ndim == 4 else torch.contiguous_format
-    model.to(device, memory_format=layout)
+    # Image batches and conv kernels (4-D weights) in channels-last layout: ~1.4x faster CPU training.
+    model.to(device, memory_format=torch.channels_last)
     state = _load_last(last_checkpoint_path(out), config, model) if resume and out is not None else None
     net, module = _wrap(model, device, world_size)
     optimizer = torch.optim.SGD(
@@ -221,7 +221,7 @@ def _train(
         optimizer.load_state_dict(state["optimizer"])
         history, best_acc, best_epoch = list(state["history"]), state["best_val_acc"], state["best_epoch"]
     if teacher is not None and config.distill_alpha > 0:
-        teacher.to(device, memory_format=layout).eval()
+        teacher.to(device, memory_format=torch.channels_last).eval()
     else:
         teacher = None
 
@@ -246,7 +246,7 @@ def _train(
             train, rank_batch, mean, std, shuffle=True, augment=augment, generator=generator,
             rank=rank, world_size=world_size,
         ):  # fmt: skip
-            images = images.contiguous(memory_format=layout)
+            images = to_channels_last(images)
             lr = config.lr * _lr_factor(step, warmup_steps, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -267,7 +267,7 @@ def _train(
                 dist.broadcast(buffer, src=0)
         if module is not model:
             model.load_state_dict(module.state_dict())
-        val_acc, val_loss = _evaluate(module, val, mean, std, device, world_size, layout)
+        val_acc, val_loss = _evaluate(module, val, mean, std, device, world_size)
         history.append({
             "epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
             "seconds": time.perf_counter() - start,
@@ -441,19 +441,12 @@ def _loss(
 
 
 def _evaluate(
-    module: nn.Module,
-    val: ImageSet,
-    mean: Sequence[float],
-    std: Sequence[float],
-    device: torch.device,
-    world_size: int,
-    layout: torch.memory_format,
+    module: nn.Module, val: ImageSet, mean: Sequence[float], std: Sequence[float], device: torch.device, world_size: int
 ) -> tuple[float, float]:
     """(top-1 accuracy, mean cross-entropy) over the validation shards of all ranks together."""
     correct, loss_sum = 0, 0.0
     for images, labels in batches(val, _EVAL_BATCH, mean, std):
-        images = images.contiguous(memory_format=layout)
-        acc, loss = accuracy(module, images, labels, batch_size=len(labels))
+        acc, loss = accuracy(module, to_channels_last(images), labels, batch_size=len(labels))
         correct += round(acc * len(labels))
         loss_sum += loss * len(labels)
     correct_total, loss_total, seen = _sum_over_ranks([correct, loss_sum, len(val)], device, world_size)

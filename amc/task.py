@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from amc.augment import normalize
+from amc.augment import normalize, to_channels_last
 from amc.data import Dataset, default_val_size, load_dataset, split_train_val
 from amc.errors import AmcError
 from amc.evaluate import accuracy, recalibrate_batchnorm
@@ -81,8 +81,8 @@ class RewardEvaluator:
     def __init__(self, pruner: ChannelPruner, val_x: torch.Tensor, val_y: torch.Tensor, *,
                  bn_x: torch.Tensor | None = None, reconstruct: bool = True) -> None:
         self.pruner, self.val_y, self.reconstruct = pruner, val_y, reconstruct
-        self.val_x = _channels_last(val_x)
-        self.bn_x = None if bn_x is None else _channels_last(bn_x)
+        self.val_x = to_channels_last(val_x)
+        self.bn_x = None if bn_x is None else to_channels_last(bn_x)
 
     def prune(self, counts: np.ndarray) -> nn.Module:
         """The pruned model for kept counts `counts` [G] as evaluated (re-fitted, BatchNorm re-estimated)."""
@@ -97,10 +97,6 @@ class RewardEvaluator:
     def __call__(self, counts: np.ndarray) -> Evaluation:
         acc, loss = accuracy(self.prune(counts), self.val_x, self.val_y)
         return Evaluation(acc, loss)
-
-
-def _channels_last(images: torch.Tensor) -> torch.Tensor:
-    return images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
 
 
 @dataclass
