@@ -54,6 +54,8 @@ class SearchConfig:
     budget_kind: str = "flops"
     budget_ratio: float = 0.5
     reward: str = "acc"
+    latency_batch: int = 1
+    latency_channels_last: bool = False
     episodes: int = 400
     warmup: int = 100
     val_size: int | None = None
@@ -250,7 +252,8 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
         seed=config.seed, calib_size=config.calib_size, bn_size=config.bn_size, selection=config.selection,
     )
     budget = config.budget()
-    latency = latency_table(task, run.path) if "latency" in (budget.kind, config.reward) else None
+    latency = (latency_table(task, run.path, config.latency_batch, config.latency_channels_last)
+               if "latency" in (budget.kind, config.reward) else None)
     env = ChannelPruningEnv(task.pruner, task.evaluator, budget, reward=config.reward,
                             lbound=config.lbound, rbound=config.rbound, latency=latency)
     n_steps = env.n_groups
@@ -299,12 +302,13 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
     return SearchResult(run.path, state.best or {}, uniform, state.episode, state.seconds)
 
 
-def latency_table(task: Task, folder: Path) -> LatencyTable:
-    """The run's latency table: read from `folder/latency.json`, or measured once and written there."""
+def latency_table(task: Task, folder: Path, batch_size: int = 1, channels_last: bool = False) -> LatencyTable:
+    """The run's latency table: read from `folder/latency.json`, or measured once (at `batch_size`, in
+    channels-last layout if `channels_last`) and written there."""
     path = folder / "latency.json"
     if path.exists():
         return LatencyTable.from_dict(json.loads(path.read_text()))
-    table = LatencyTable.measure(task.pruner)
+    table = LatencyTable.measure(task.pruner, batch_size=batch_size, channels_last=channels_last)
     atomic_write_json(path, table.to_dict())
     return table
 

@@ -68,7 +68,11 @@ def _budget_flags(parser: argparse.ArgumentParser, required: bool) -> None:
     group.add_argument("--target-flops", type=float, metavar="R", help="keep at most R of the dense MACs, R in (0, 1]")
     group.add_argument("--target-params", type=float, metavar="R", help="keep at most R of the dense parameters")
     group.add_argument("--target-latency", type=float, metavar="R",
-                       help="keep at most R of the dense CPU latency (batch 1; a per-layer table is measured once)")
+                       help="keep at most R of the dense CPU latency (a per-layer table is measured once)")
+    parser.add_argument("--latency-batch", type=int, default=1, metavar="N",
+                        help="batch size the latency table is measured at (default 1)")
+    parser.add_argument("--latency-channels-last", action="store_true",
+                        help="measure the latency table in channels-last memory layout (see amc eval --channels-last)")
 
 
 _SHARED_FLAGS: dict[str, AddShared] = {
@@ -259,11 +263,17 @@ def _check_forward(model: nn.Module, input_shape: Sequence[int], spec: str) -> N
 
 
 def _budget(args: argparse.Namespace) -> Budget:
+    if args.latency_batch < 1:
+        raise AmcError(f"--latency-batch {args.latency_batch} is not a batch size; pass e.g. --latency-batch 64")
     if args.target_flops is not None:
         return Budget("flops", args.target_flops)
     if args.target_latency is not None:
         return Budget("latency", args.target_latency)
     return Budget("params", args.target_params)
+
+
+def _latency_table(args: argparse.Namespace, pruner: ChannelPruner) -> LatencyTable:
+    return LatencyTable.measure(pruner, batch_size=args.latency_batch, channels_last=args.latency_channels_last)
 
 
 def _has_budget(args: argparse.Namespace) -> bool:
@@ -428,7 +438,7 @@ def run_baseline(args: argparse.Namespace) -> int:
     if args.method == "uniform" and (not args.dataset or budget.kind == "latency"):
         trained = _trained_model(args, _dataset(args))
         pruner = ChannelPruner(trained.module, trained.input_shape, selection=args.selection or "ls")
-        cost = cost_function(pruner, budget.kind, LatencyTable.measure(pruner) if budget.kind == "latency" else None)
+        cost = cost_function(pruner, budget.kind, _latency_table(args, pruner) if budget.kind == "latency" else None)
         counts = uniform_counts(pruner, cost, check_reachable(pruner, cost, budget, lbound))
     elif not args.dataset:
         raise AmcError(f"baseline --method {args.method} evaluates policies: pass --dataset (and --data-dir)")
@@ -687,7 +697,8 @@ def run_train_agent(args: argparse.Namespace) -> int:
     out = args.out or str(Path("runs") / f"{Path(model).stem}-{budget.kind}{round(100 * budget.ratio)}")
     config = SearchConfig(
         model=model, checkpoint=checkpoint, dataset=dataset, data_dir=args.data_dir, budget_kind=budget.kind,
-        budget_ratio=budget.ratio, reward=args.reward, episodes=args.episodes, warmup=args.warmup,
+        budget_ratio=budget.ratio, reward=args.reward, latency_batch=args.latency_batch,
+        latency_channels_last=args.latency_channels_last, episodes=args.episodes, warmup=args.warmup,
         val_size=args.val_size, seed=args.seed, algo=args.algo, lbound=args.lbound, rbound=args.rbound,
         selection=args.selection or SearchConfig.selection, device=args.device, out=out,
     )

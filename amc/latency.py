@@ -2,7 +2,8 @@
 
 Latency is not a formula of channel counts, so it is measured: for every group g and every count n on a
 grid, the conv/Linear layers whose input or output g cuts are rebuilt at that width (every other group
-whole) and timed alone on one batch with `torch.utils.benchmark`. Between grid points the time is
+whole) and timed alone on one batch with `torch.utils.benchmark`, in the memory layout the model will
+run in (contiguous or channels-last). BatchNorm is not timed: deployment folds it into the conv. Between grid points the time is
 interpolated linearly. A policy's latency is then
 
     latency(keep) = dense latency - sum_g (t_g(channels_g) - t_g(keep_g))       [milliseconds]
@@ -20,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.utils.benchmark as benchmark
 
+from amc.augment import to_channels_last
 from amc.evaluate import cpu_latency
 from amc.pruner import ChannelPruner
 
@@ -35,7 +37,9 @@ def _layer_at(module: nn.Module, in_width: int, out_width: int) -> nn.Module:
     return nn.Conv2d(in_width, out_width, module.kernel_size, module.stride, module.padding, module.dilation, 1, bias)
 
 
-def _time_ms(layer: nn.Module, x: torch.Tensor, threads: int, min_run_time: float) -> float:
+def _time_ms(layer: nn.Module, x: torch.Tensor, threads: int, min_run_time: float, channels_last: bool) -> float:
+    if channels_last:
+        layer, x = layer.to(memory_format=torch.channels_last), to_channels_last(x)
     timer = benchmark.Timer("layer(x)", globals={"layer": layer, "x": x}, num_threads=threads)
     with torch.no_grad():
         layer(x)
@@ -46,18 +50,20 @@ class LatencyTable:
     """Latency in milliseconds of kept channel counts, from per-group timings (see the module doc).
 
     `grid` holds, per group, the channel counts measured (ascending, ending at the full count) and
-    `times` the summed latency of the group's layers at each of them; `dense` is the whole model's.
+    `times` the summed latency of the group's layers at each of them; `dense` is the whole model's. The
+    table holds for one batch size, CPU thread count and memory layout.
     """
 
     def __init__(self, grid: list[list[int]], times: list[list[float]], dense: float, batch_size: int,
-                 threads: int) -> None:
+                 threads: int, channels_last: bool = False) -> None:
         self.grid, self.times, self.dense = grid, times, dense
-        self.batch_size, self.threads = batch_size, threads
+        self.batch_size, self.threads, self.channels_last = batch_size, threads, channels_last
 
     @classmethod
-    def measure(cls, pruner: ChannelPruner, *, batch_size: int = 1, points: int = 6, threads: int | None = None,
-                min_run_time: float = 0.05) -> LatencyTable:
-        """Time every group's layers at `points` widths on the CPU (batch `batch_size`)."""
+    def measure(cls, pruner: ChannelPruner, *, batch_size: int = 1, channels_last: bool = False, points: int = 6,
+                threads: int | None = None, min_run_time: float = 0.05) -> LatencyTable:
+        """Time every group's layers at `points` widths on the CPU (batch `batch_size`, channels-last layout
+        for image models if `channels_last`)."""
         threads = threads or torch.get_num_threads()
         modules = dict(pruner.model.named_modules())
         names = sorted(pruner.layers, key=lambda n: pruner.layers[n].order)
@@ -77,13 +83,14 @@ class LatencyTable:
                         x = torch.randn(batch_size, layer.in_features)
                     else:
                         x = torch.randn(batch_size, layer.in_channels, *pruner.layers[name].in_hw)
-                    total += _time_ms(layer, x, threads, min_run_time)
+                    total += _time_ms(layer, x, threads, min_run_time, channels_last)
                 row.append(total)
             grid.append(counts)
             # timing noise must not make a wider layer look faster: the budget wall relies on monotone costs
             times.append(np.maximum.accumulate(row).tolist())
-        dense = cpu_latency(pruner.model, pruner.input_shape, batch_size, threads=threads, repeats=3)
-        return cls(grid, times, dense, batch_size, threads)
+        dense = cpu_latency(pruner.model, pruner.input_shape, batch_size, threads=threads, repeats=3,
+                            channels_last=channels_last)
+        return cls(grid, times, dense, batch_size, threads, channels_last)
 
     def __call__(self, keep: np.ndarray) -> np.ndarray:
         """Predicted latency (ms) of kept counts `keep` [..., G]; returns shape [...]."""
@@ -95,8 +102,9 @@ class LatencyTable:
 
     def to_dict(self) -> dict[str, Any]:
         return {"grid": self.grid, "times_ms": self.times, "dense_ms": self.dense, "batch_size": self.batch_size,
-                "threads": self.threads}
+                "threads": self.threads, "channels_last": self.channels_last}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatencyTable:
-        return cls(data["grid"], data["times_ms"], data["dense_ms"], data["batch_size"], data["threads"])
+        return cls(data["grid"], data["times_ms"], data["dense_ms"], data["batch_size"], data["threads"],
+                   data.get("channels_last", False))

@@ -130,3 +130,14 @@ def test_latency_budget_and_reward(pruners):
         assert table(np.array(info["counts"])) <= ratio * table.dense
         assert info["reward"] == pytest.approx(-0.5 * np.log(1000 * table(np.array(info["counts"]))))
     assert LatencyTable.from_dict(table.to_dict())(pruner.channels) == table(pruner.channels)
+
+
+def test_latency_table_in_channels_last_at_a_batch(pruners):
+    from amc.latency import LatencyTable
+
+    pruner = pruners["resnet20"]
+    table = LatencyTable.measure(pruner, batch_size=4, channels_last=True, points=2, min_run_time=0.01)
+    assert table(np.maximum(1, pruner.channels // 4)) < table.dense
+    restored = LatencyTable.from_dict(table.to_dict())
+    assert (restored.batch_size, restored.channels_last) == (4, True)
+    assert all(p.is_contiguous() for p in pruner.model.parameters())  # timed layers are fresh copies

@@ -196,6 +196,18 @@ def test_cli_profile_json_needs_only_shapes(capsys: pytest.CaptureFixture[str]) 
     assert all(g["consumer"] == g["name"].replace("conv1", "conv2") for g in result["groups"])
 
 
+def test_cli_uniform_latency_baseline_channels_last(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    policy_path = tmp_path / "policy.json"
+    argv = ("baseline", "--method", "uniform", "--model", "digits_cnn", "--input-shape", "1,8,8", "--target-latency",
+            "0.9", "--latency-channels-last", "--out", policy_path)
+    code, _, err = run(capsys, *argv, "--latency-batch", "0")
+    assert_user_error(code, err, "--latency-batch 0")
+    code, out, err = run(capsys, *argv, "--latency-batch", "8")
+    assert code == 0, err
+    policy = json.loads(policy_path.read_text())
+    assert policy["budget"] == {"kind": "latency", "ratio": 0.9} and policy["predicted"]["macs_ratio"] < 1.0
+
+
 def test_cli_baseline_apply_eval_on_digits(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     policy_path, model_path = tmp_path / "policy.json", tmp_path / "pruned.pt"
     code, out, err = run(capsys, "baseline", "--method", "uniform", "--model", "digits_cnn", "--input-shape", "1,8,8",
