@@ -26,7 +26,7 @@ from amc.augment import normalize
 from amc.budget import Budget, check_reachable, cost_function, uniform_counts
 from amc.data import Dataset, default_val_size, load_dataset, split_train_val
 from amc.errors import AmcError
-from amc.evaluate import accuracy, cpu_latency
+from amc.evaluate import accuracy, cpu_latencies, cpu_latency
 from amc.flops import count_macs_params
 from amc.policy import Policy
 from amc.pruned_model import load_model, read_model_info, save_pruned
@@ -355,15 +355,16 @@ def _compare(args: argparse.Namespace) -> int:
     data = load_dataset(args.dataset, args.data_dir)
     threads = torch.get_num_threads()
     layout = "channels-last" if args.channels_last else "contiguous"
-    rows = []
+    models, rows = [], []
     for spec, checkpoint in zip(args.compare, (args.checkpoint, None)):
         trained = _trained_model(argparse.Namespace(model=spec, checkpoint=checkpoint, input_shape=None), data)
         acc, _ = accuracy(trained.module, normalize(data.test.images, trained.mean, trained.std), data.test.labels)
         macs, params = count_macs_params(trained.module, trained.input_shape)
-        latency = {b: cpu_latency(trained.module, trained.input_shape, b, channels_last=args.channels_last)
-                   for b in (1, 64)}
-        rows.append({"model": spec, "test_accuracy": acc, "macs": macs, "params": params,
-                     "latency_ms_batch1": latency[1], "latency_ms_batch64": latency[64]})
+        models.append(trained.module)
+        rows.append({"model": spec, "test_accuracy": acc, "macs": macs, "params": params})
+    for b in (1, 64):  # both models in each round of timing, so the machine's load hits them alike
+        for row, ms in zip(rows, cpu_latencies(models, trained.input_shape, b, channels_last=args.channels_last)):
+            row[f"latency_ms_batch{b}"] = ms
     dense, pruned = rows
     speedup = {b: dense[f"latency_ms_batch{b}"] / pruned[f"latency_ms_batch{b}"] for b in (1, 64)}
     if args.json:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import statistics
-from typing import Sequence
+import warnings
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.benchmark as benchmark
+from torch.fx.experimental.optimization import fuse
 
 from amc.augment import to_channels_last
 
@@ -52,21 +54,46 @@ def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: in
     model.eval()
 
 
-def cpu_latency(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, *, threads: int | None = None,
-                repeats: int = 7, min_run_time: float = 0.2, channels_last: bool = False) -> float:
-    """Median latency in milliseconds of one forward pass of a batch, on the CPU.
+def inference_copy(model: nn.Module, *, channels_last: bool = False) -> nn.Module:
+    """A CPU copy of `model` in the form a deployment runs: eval mode, each BatchNorm that follows a conv
+    folded into it (where `torch.fx` can trace the model), in channels-last layout if `channels_last`.
 
-    Each of `repeats` measurements is `torch.utils.benchmark.Timer.blocked_autorange` over at least
-    `min_run_time` seconds; `threads` defaults to torch's current setting. With `channels_last`, a copy of
-    the model and the (image) inputs are in channels-last memory layout, usually the faster one on a CPU.
+    Outputs equal the model's up to float rounding; the caller's model is left as it is.
     """
-    model.eval()
+    model = copy.deepcopy(model).cpu().eval()
+    try:
+        model = fuse(model)
+    except Exception as exc:  # models with data-dependent control flow do not trace
+        warnings.warn(f"BatchNorm not folded for inference: the model does not trace with torch.fx "
+                      f"({type(exc).__name__})")
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def cpu_latencies(models: Sequence[nn.Module], input_shape: Sequence[int], batch_size: int = 1, *,
+                  threads: int | None = None, repeats: int = 7, min_run_time: float = 0.2,
+                  channels_last: bool = False) -> list[float]:
+    """Median latency in milliseconds of one forward pass of a batch, per model, on the CPU.
+
+    Each model is timed as `inference_copy` runs it (BatchNorm folded, `channels_last` layout). The models
+    are measured in `repeats` interleaved rounds, so that a change in the machine's load during the
+    measurement hits all of them alike and their ratios (speed-ups) stay fair; each measurement is
+    `torch.utils.benchmark.Timer.blocked_autorange` over at least `min_run_time` seconds. `threads`
+    defaults to torch's current setting.
+    """
     x = torch.randn(batch_size, *input_shape)
     if channels_last:
-        model, x = copy.deepcopy(model).to(memory_format=torch.channels_last), to_channels_last(x)
+        x = to_channels_last(x)
     num_threads = threads or torch.get_num_threads()
-    timer = benchmark.Timer("model(x)", globals={"model": model, "x": x}, num_threads=num_threads)
+    timers = [benchmark.Timer("model(x)", globals={"model": inference_copy(m, channels_last=channels_last), "x": x},
+                              num_threads=num_threads) for m in models]
     with torch.no_grad():
-        model(x)  # warm-up: the first call builds kernels for these shapes
-        samples = [timer.blocked_autorange(min_run_time=min_run_time).median for _ in range(repeats)]
-    return 1000.0 * statistics.median(samples)
+        for timer in timers:
+            timer.timeit(1)  # warm-up: the first call builds kernels for these shapes
+        samples = [[timer.blocked_autorange(min_run_time=min_run_time).median for timer in timers]
+                   for _ in range(repeats)]
+    return [1000.0 * statistics.median(column) for column in zip(*samples)]
+
+
+def cpu_latency(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, **kwargs: Any) -> float:
+    """`cpu_latencies` of one model (milliseconds)."""
+    return cpu_latencies([model], input_shape, batch_size, **kwargs)[0]

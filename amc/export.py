@@ -6,7 +6,6 @@ the target either keeps its old content or has the complete new one.
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from amc.errors import AmcError
+from amc.evaluate import inference_copy
 from amc.fileio import atomic_path, atomic_torch_save
 
 ONNX_OPSET = 17
@@ -26,16 +26,17 @@ def save_state_dict(model: nn.Module, path: str | Path) -> None:
 
 
 def export_torchscript(model: nn.Module, input_shape: Sequence[int], path: str | Path) -> None:
-    """Trace `model` in eval mode on the CPU and save it as TorchScript, atomically.
+    """Trace `model` as deployed (`amc.evaluate.inference_copy`: eval mode, CPU, BatchNorm folded into the
+    convs) and save it as TorchScript, atomically.
 
     The file loads with plain `torch.jit.load(path)`, with no amc (or model source) installed.
 
     Args:
-        model: the model to export; not modified (a CPU copy is traced).
+        model: the model to export; not modified (a copy is traced).
         input_shape: one input's (C, H, W); the batch size stays free in the traced graph.
         path: the file to write, conventionally `*.ts` or `*.pt`.
     """
-    traced_model = _cpu_eval_copy(model)
+    traced_model = inference_copy(model)
     example = torch.randn(2, *input_shape)
     with torch.no_grad():
         traced = torch.jit.trace(traced_model, example)
@@ -44,7 +45,7 @@ def export_torchscript(model: nn.Module, input_shape: Sequence[int], path: str |
 
 
 def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path) -> None:
-    """Export `model` in eval mode to ONNX (opset 17, input `input` [batch, C, H, W] -> `logits`), atomically.
+    """Export `model` as deployed (eval mode, BatchNorm folded) to ONNX (opset 17, input `input` [batch, C, H, W] -> `logits`), atomically.
 
     The batch axis is dynamic. The graph is checked with `onnx.checker` before it replaces `path`.
 
@@ -55,7 +56,7 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path) 
         import onnx
     except ImportError:
         raise AmcError("ONNX export needs the onnx package: pip install 'amc[onnx]'") from None
-    export_model = _cpu_eval_copy(model)
+    export_model = inference_copy(model)
     example = torch.randn(1, *input_shape)
     # The TorchScript-based exporter needs no onnxscript; newer torch defaults to the dynamo one.
     legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
@@ -71,8 +72,3 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path) 
             **legacy,
         )
         onnx.checker.check_model(str(tmp))
-
-
-def _cpu_eval_copy(model: nn.Module) -> nn.Module:
-    """A CPU copy of `model` in eval mode, so exporting never moves or re-modes the caller's model."""
-    return copy.deepcopy(model).cpu().eval()

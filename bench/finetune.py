@@ -22,17 +22,22 @@ import torch
 
 import report  # noqa: E402  (bench/report.py; puts the repository on sys.path)
 
-from amc.evaluate import cpu_latency  # noqa: E402
+from amc.evaluate import cpu_latencies  # noqa: E402
 from amc.finetune import FinetuneConfig, finetune  # noqa: E402
 from amc.flops import count_macs_params  # noqa: E402
 from amc.policy import Policy  # noqa: E402
 from amc.task import prepare_task  # noqa: E402
 
 
-def latencies(model: torch.nn.Module, shape: tuple[int, ...]) -> dict[str, float]:
-    """Median CPU latency (ms) at batch 1 and 64, keyed "1", "64" (contiguous) and "1 cl", "64 cl" (channels-last)."""
-    return {f"{b}{suffix}": cpu_latency(model, shape, b, channels_last=cl)
-            for cl, suffix in ((False, ""), (True, " cl")) for b in (1, 64)}
+def latencies(models: list[torch.nn.Module], shape: tuple[int, ...]) -> list[dict[str, float]]:
+    """Median CPU latency (ms) per model at batch 1 and 64, keyed "1", "64" (contiguous) and "1 cl", "64 cl"
+    (channels-last); the models are timed in interleaved rounds (see `cpu_latencies`)."""
+    result: list[dict[str, float]] = [{} for _ in models]
+    for cl, suffix in ((False, ""), (True, " cl")):
+        for b in (1, 64):
+            for row, ms in zip(result, cpu_latencies(models, shape, b, channels_last=cl)):
+                row[f"{b}{suffix}"] = ms
+    return result
 
 
 def main() -> None:
@@ -55,10 +60,9 @@ def main() -> None:
     shape = task.model.input_shape
     dense = task.pruner.model
     dense_macs, dense_params = count_macs_params(dense, shape)
-    dense_latency = latencies(dense, shape)
     rows = [{"policy": "dense", "test_accuracy": task.test_accuracy(dense), "macs": dense_macs,
-             "params": dense_params, "latency_ms": dense_latency,
-             "speedup": {key: 1.0 for key in dense_latency}}]
+             "params": dense_params}]
+    models = [dense]
     train, val = task.dataset.train.subset(task.train_idx), task.dataset.train.subset(task.val_idx)
     for item in args.policy:
         name, path = item.split("=", 1)
@@ -73,13 +77,15 @@ def main() -> None:
                           resume=out.with_suffix(".last.pt").exists())
         model.load_state_dict(torch.load(out, weights_only=True)["state_dict"])
         macs, params = count_macs_params(model, shape)
-        latency = latencies(model, shape)
+        models.append(model)
         rows.append({"policy": name, "file": path, "test_accuracy_before_finetune": before,
                      "test_accuracy": task.test_accuracy(model), "best_val_accuracy": result.best_val_acc,
-                     "macs": macs, "params": params, "latency_ms": latency,
-                     "speedup": {key: dense_latency[key] / latency[key] for key in latency},
-                     "finetune_seconds": time.monotonic() - started})
+                     "macs": macs, "params": params, "finetune_seconds": time.monotonic() - started})
         print(rows[-1], flush=True)
+    timed = latencies(models, shape)
+    for row, latency in zip(rows, timed):
+        row["latency_ms"] = latency
+        row["speedup"] = {key: timed[0][key] / latency[key] for key in latency}
     summary = {
         "benchmark": "finetune",
         "model": args.model,
@@ -97,7 +103,8 @@ def main() -> None:
         "",
         f"Command: `{summary['command']}`; seed {args.seed}; machine: {summary['machine']}.",
         "",
-        "Latency: contiguous / channels-last memory layout.",
+        "Latency: contiguous / channels-last memory layout, BatchNorm folded into the convs, all models timed in "
+        "interleaved rounds.",
         "",
         "| policy | before FT | after FT | MACs | params | ms @1 | ms @64 | speed-up @1 | speed-up @64 |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from amc.budget import ratio_counts
 from amc.data import load_dataset, normalize
-from amc.evaluate import cpu_latency
+from amc.evaluate import cpu_latency, inference_copy
 from amc.flops import count_macs_params
 from amc.groups import mask_copy, prune_copy
 from amc.models import create_model
@@ -268,7 +268,22 @@ def test_refit_keeping_every_column_returns_the_weights() -> None:
 
 
 def test_cpu_latency_in_channels_last_times_a_copy() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
     ms = cpu_latency(model, (3, 16, 16), 2, repeats=1, min_run_time=0.01, channels_last=True)
     assert ms > 0
-    assert model[0].weight.is_contiguous()  # the caller's model keeps its layout
+    assert model[0].weight.is_contiguous() and model.training  # the caller's model keeps its layout and mode
+
+
+def test_inference_copy_folds_batchnorm_with_equal_outputs() -> None:
+    torch.manual_seed(0)
+    model = create_model("resnet20").eval()
+    for m in model.modules():  # non-trivial statistics, so that folding them matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    deployed = inference_copy(model, channels_last=True)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x.contiguous(memory_format=torch.channels_last)), model(x),
+                                   atol=1e-4, rtol=1e-4)
