@@ -56,7 +56,8 @@ def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: in
 
 def inference_copy(model: nn.Module, *, channels_last: bool = False) -> nn.Module:
     """A CPU copy of `model` in the form a deployment runs: eval mode, each BatchNorm that follows a conv
-    folded into it (where `torch.fx` can trace the model), in channels-last layout if `channels_last`.
+    folded into it (where `torch.fx` can trace the model), in channels-last layout if `channels_last`, else
+    contiguous.
 
     Outputs equal the model's up to float rounding; the caller's model is left as it is.
     """
@@ -66,7 +67,7 @@ def inference_copy(model: nn.Module, *, channels_last: bool = False) -> nn.Modul
     except Exception as exc:  # models with data-dependent control flow do not trace
         warnings.warn(f"BatchNorm not folded for inference: the model does not trace with torch.fx "
                       f"({type(exc).__name__})")
-    return model.to(memory_format=torch.channels_last) if channels_last else model
+    return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def cpu_latencies(models: Sequence[nn.Module], input_shape: Sequence[int], batch_size: int = 1, *,

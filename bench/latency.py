@@ -1,0 +1,87 @@
+"""Benchmark: how much CPU latency channel pruning can buy on this machine, against the MACs it removes.
+
+The model is pruned to uniform widths (every prunable group keeps a fraction `f` of its channels, at
+least one) and to the given policy files, then timed as deployed (`amc.evaluate.cpu_latencies`:
+BatchNorm folded into the convs, all models in interleaved rounds) at batch 1 and 64 in both memory
+layouts. Latency does not depend on the weights, so the models are untrained. The row that keeps one
+channel per group bounds what any policy can reach: the rest of the time is in layers that channel
+pruning cannot narrow (the stem, the classifier, the residual stream the shortcuts pin) and in per-layer
+overhead. Writes `bench/results/latency_<model>.json` and `.md`.
+
+    python bench/latency.py --model resnet56 --threads 1 --policy amc=runs/r56/best_policy.json
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+import report  # noqa: E402  (bench/report.py; puts the repository on sys.path)
+
+from amc.evaluate import cpu_latencies  # noqa: E402
+from amc.flops import count_macs_params  # noqa: E402
+from amc.models import create_model  # noqa: E402
+from amc.policy import Policy  # noqa: E402
+from amc.pruner import ChannelPruner  # noqa: E402
+
+FRACTIONS = (1.0, 0.75, 0.5, 0.25, 0.0)  # 0: every group keeps one channel (its minimum)
+SETTINGS = (("1", 1, False), ("64", 64, False), ("1 cl", 1, True), ("64 cl", 64, True))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--input-shape", default="3,32,32", help="C,H,W of one input")
+    parser.add_argument("--policy", action="append", default=[], metavar="NAME=FILE")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    shape = tuple(int(p) for p in args.input_shape.split(","))
+    dense = create_model(args.model).eval()
+    pruner = ChannelPruner(dense, shape, selection="l1")
+    mins = np.array([g.min_keep for g in pruner.groups])
+
+    def pruned(counts: np.ndarray) -> torch.nn.Module:
+        return pruner.prune(pruner.keep_indices(dict(zip(pruner.names, counts.tolist()))), reconstruct=False)
+
+    names = [f"uniform {f:g}" if f > 0 else "one channel per group" for f in FRACTIONS]
+    models = [pruned(np.maximum(mins, np.round(f * pruner.channels).astype(int))) for f in FRACTIONS]
+    for item in args.policy:
+        name, path = item.split("=", 1)
+        names.append(name)
+        models.append(pruned(Policy.load(path).counts_for(pruner)))
+    dense_macs = count_macs_params(dense, shape)[0]
+    rows = [{"model": name, "macs_ratio": count_macs_params(m, shape)[0] / dense_macs, "latency_ms": {}}
+            for name, m in zip(names, models)]
+    for key, batch, channels_last in SETTINGS:
+        for row, ms in zip(rows, cpu_latencies(models, shape, batch, channels_last=channels_last)):
+            row["latency_ms"][key] = ms
+    for row in rows:
+        row["speedup"] = {key: rows[0]["latency_ms"][key] / ms for key, ms in row["latency_ms"].items()}
+
+    summary = {"benchmark": "latency", "model": args.model, "command": report.command("latency.py"),
+               "seed": args.seed, "machine": report.machine(args.threads), "rows": rows}
+    lines = [
+        f"# {args.model}: CPU speed-up of channel pruning against MACs (untrained weights, BatchNorm folded)",
+        "",
+        f"Command: `{summary['command']}`; seed {args.seed}; machine: {summary['machine']}.",
+        "",
+        "Median latency of interleaved rounds; contiguous / channels-last memory layout.",
+        "",
+        "| model | MACs | ms @1 | ms @64 | speed-up @1 | speed-up @64 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ms, up = r["latency_ms"], r["speedup"]
+        lines.append(f"| {r['model']} | {r['macs_ratio']:.3f} | {ms['1']:.2f} / {ms['1 cl']:.2f} | "
+                     f"{ms['64']:.1f} / {ms['64 cl']:.1f} | {up['1']:.2f}x / {up['1 cl']:.2f}x | "
+                     f"{up['64']:.2f}x / {up['64 cl']:.2f}x |")
+    report.write(f"latency_{args.model}", summary, lines)
+
+
+if __name__ == "__main__":
+    main()
