@@ -48,7 +48,7 @@ def main() -> None:
     def pruned(counts: np.ndarray) -> torch.nn.Module:
         return pruner.prune(pruner.keep_indices(dict(zip(pruner.names, counts.tolist()))), reconstruct=False)
 
-    names = [f"uniform {f:g}" if f > 0 else "one channel per group" for f in FRACTIONS]
+    names = ["dense" if f == 1 else f"uniform {f:g}" if f > 0 else "one channel per group" for f in FRACTIONS]
     models = [pruned(np.maximum(mins, np.round(f * pruner.channels).astype(int))) for f in FRACTIONS]
     for item in args.policy:
         name, path = item.split("=", 1)
