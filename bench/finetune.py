@@ -22,22 +22,10 @@ import torch
 
 import report  # noqa: E402  (bench/report.py; puts the repository on sys.path)
 
-from amc.evaluate import cpu_latencies  # noqa: E402
 from amc.finetune import FinetuneConfig, finetune  # noqa: E402
 from amc.flops import count_macs_params  # noqa: E402
 from amc.policy import Policy  # noqa: E402
 from amc.task import prepare_task  # noqa: E402
-
-
-def latencies(models: list[torch.nn.Module], shape: tuple[int, ...]) -> list[dict[str, float]]:
-    """Median CPU latency (ms) per model at batch 1 and 64, keyed "1", "64" (contiguous) and "1 cl", "64 cl"
-    (channels-last); the models are timed in interleaved rounds (see `cpu_latencies`)."""
-    result: list[dict[str, float]] = [{} for _ in models]
-    for cl, suffix in ((False, ""), (True, " cl")):
-        for b in (1, 64):
-            for row, ms in zip(result, cpu_latencies(models, shape, b, channels_last=cl)):
-                row[f"{b}{suffix}"] = ms
-    return result
 
 
 def main() -> None:
@@ -82,10 +70,8 @@ def main() -> None:
                      "test_accuracy": task.test_accuracy(model), "best_val_accuracy": result.best_val_acc,
                      "macs": macs, "params": params, "finetune_seconds": time.monotonic() - started})
         print(rows[-1], flush=True)
-    timed = latencies(models, shape)
-    for row, latency in zip(rows, timed):
-        row["latency_ms"] = latency
-        row["speedup"] = {key: timed[0][key] / latency[key] for key in latency}
+    for row, timed in zip(rows, report.latencies(models, shape)):
+        row.update(timed)
     summary = {
         "benchmark": "finetune",
         "model": args.model,
@@ -111,10 +97,8 @@ def main() -> None:
     ]
     for r in rows:
         before = f"{100 * r['test_accuracy_before_finetune']:.2f}" if "test_accuracy_before_finetune" in r else "-"
-        ms, up = r["latency_ms"], r["speedup"]
         lines.append(f"| {r['policy']} | {before} | {100 * r['test_accuracy']:.2f} | {r['macs']:,} | {r['params']:,} | "
-                     f"{ms['1']:.2f} / {ms['1 cl']:.2f} | {ms['64']:.1f} / {ms['64 cl']:.1f} | "
-                     f"{up['1']:.2f}x / {up['1 cl']:.2f}x | {up['64']:.2f}x / {up['64 cl']:.2f}x |")
+                     + report.latency_cells(r))
     report.write(f"finetune_{args.model}", summary, lines)
 
 

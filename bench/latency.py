@@ -20,14 +20,12 @@ import torch
 
 import report  # noqa: E402  (bench/report.py; puts the repository on sys.path)
 
-from amc.evaluate import cpu_latencies  # noqa: E402
 from amc.flops import count_macs_params  # noqa: E402
 from amc.models import create_model  # noqa: E402
 from amc.policy import Policy  # noqa: E402
 from amc.pruner import ChannelPruner  # noqa: E402
 
 FRACTIONS = (1.0, 0.75, 0.5, 0.25, 0.0)  # 0: every group keeps one channel (its minimum)
-SETTINGS = (("1", 1, False), ("64", 64, False), ("1 cl", 1, True), ("64 cl", 64, True))
 
 
 def main() -> None:
@@ -55,13 +53,8 @@ def main() -> None:
         names.append(name)
         models.append(pruned(Policy.load(path).counts_for(pruner)))
     dense_macs = count_macs_params(dense, shape)[0]
-    rows = [{"model": name, "macs_ratio": count_macs_params(m, shape)[0] / dense_macs, "latency_ms": {}}
-            for name, m in zip(names, models)]
-    for key, batch, channels_last in SETTINGS:
-        for row, ms in zip(rows, cpu_latencies(models, shape, batch, channels_last=channels_last)):
-            row["latency_ms"][key] = ms
-    for row in rows:
-        row["speedup"] = {key: rows[0]["latency_ms"][key] / ms for key, ms in row["latency_ms"].items()}
+    rows = [{"model": name, "macs_ratio": count_macs_params(m, shape)[0] / dense_macs, **timed}
+            for name, m, timed in zip(names, models, report.latencies(models, shape))]
 
     summary = {"benchmark": "latency", "model": args.model, "command": report.command("latency.py"),
                "seed": args.seed, "machine": report.machine(args.threads), "rows": rows}
@@ -76,10 +69,7 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        ms, up = r["latency_ms"], r["speedup"]
-        lines.append(f"| {r['model']} | {r['macs_ratio']:.3f} | {ms['1']:.2f} / {ms['1 cl']:.2f} | "
-                     f"{ms['64']:.1f} / {ms['64 cl']:.1f} | {up['1']:.2f}x / {up['1 cl']:.2f}x | "
-                     f"{up['64']:.2f}x / {up['64 cl']:.2f}x |")
+        lines.append(f"| {r['model']} | {r['macs_ratio']:.3f} | " + report.latency_cells(r))
     report.write(f"latency_{args.model}", summary, lines)
 
 
