@@ -272,10 +272,6 @@ def _budget(args: argparse.Namespace) -> Budget:
     return Budget("params", args.target_params)
 
 
-def _latency_table(args: argparse.Namespace, pruner: ChannelPruner) -> LatencyTable:
-    return LatencyTable.measure(pruner, batch_size=args.latency_batch, channels_last=args.latency_channels_last)
-
-
 def _has_budget(args: argparse.Namespace) -> bool:
     return any(v is not None for v in (args.target_flops, args.target_params, args.target_latency))
 
@@ -439,7 +435,9 @@ def run_baseline(args: argparse.Namespace) -> int:
     if args.method == "uniform" and (not args.dataset or budget.kind == "latency"):
         trained = _trained_model(args, _dataset(args))
         pruner = ChannelPruner(trained.module, trained.input_shape, selection=args.selection or "ls")
-        cost = cost_function(pruner, budget.kind, _latency_table(args, pruner) if budget.kind == "latency" else None)
+        table = (LatencyTable.measure(pruner, batch_size=args.latency_batch, channels_last=args.latency_channels_last)
+                 if budget.kind == "latency" else None)
+        cost = cost_function(pruner, budget.kind, table)
         counts = uniform_counts(pruner, cost, check_reachable(pruner, cost, budget, lbound))
     elif not args.dataset:
         raise AmcError(f"baseline --method {args.method} evaluates policies: pass --dataset (and --data-dir)")
