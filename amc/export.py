@@ -45,7 +45,8 @@ def export_torchscript(model: nn.Module, input_shape: Sequence[int], path: str |
 
 
 def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | Path) -> None:
-    """Export `model` as deployed (eval mode, BatchNorm folded) to ONNX (opset 17, input `input` [batch, C, H, W] -> `logits`), atomically.
+    """Export `model` as deployed (eval mode, BatchNorm folded) to ONNX, atomically: opset 17, input `input`
+    [batch, C, H, W] -> `logits`.
 
     The batch axis is dynamic. The graph is checked with `onnx.checker` before it replaces `path`.
 

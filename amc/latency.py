@@ -3,8 +3,8 @@
 Latency is not a formula of channel counts, so it is measured: for every group g and every count n on a
 grid, the conv/Linear layers whose input or output g cuts are rebuilt at that width (every other group
 whole) and timed alone on one batch with `torch.utils.benchmark`, in the memory layout the model will
-run in (contiguous or channels-last). BatchNorm is not timed: deployment folds it into the conv. Between grid points the time is
-interpolated linearly. A policy's latency is then
+run in (contiguous or channels-last). BatchNorm is not timed: deployment folds it into the conv. Between
+grid points the time is interpolated linearly. A policy's latency is then
 
     latency(keep) = dense latency - sum_g (t_g(channels_g) - t_g(keep_g))       [milliseconds]
 

@@ -20,6 +20,7 @@ import torch
 
 import report  # noqa: E402  (bench/report.py; puts the repository on sys.path)
 
+from amc.budget import ratio_counts  # noqa: E402
 from amc.flops import count_macs_params  # noqa: E402
 from amc.models import create_model  # noqa: E402
 from amc.policy import Policy  # noqa: E402
@@ -41,13 +42,12 @@ def main() -> None:
     shape = tuple(int(p) for p in args.input_shape.split(","))
     dense = create_model(args.model).eval()
     pruner = ChannelPruner(dense, shape, selection="l1")
-    mins = np.array([g.min_keep for g in pruner.groups])
 
     def pruned(counts: np.ndarray) -> torch.nn.Module:
         return pruner.prune(pruner.keep_indices(dict(zip(pruner.names, counts.tolist()))), reconstruct=False)
 
     names = ["dense" if f == 1 else f"uniform {f:g}" if f > 0 else "one channel per group" for f in FRACTIONS]
-    models = [pruned(np.maximum(mins, np.round(f * pruner.channels).astype(int))) for f in FRACTIONS]
+    models = [pruned(ratio_counts(pruner, f)) for f in FRACTIONS]
     for item in args.policy:
         name, path = item.split("=", 1)
         names.append(name)
