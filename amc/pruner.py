@@ -117,6 +117,18 @@ class ChannelPruner:
             raise RuntimeError("least-squares channel selection needs calibrate() first")
         return {name: self.ranking[name][: int(n)].sort().values for name, n in counts.items()}
 
+    def kept_outputs(self, keep: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Original indices of the output channels each layer keeps under `keep` (sorted), for the layers
+        that lose some; a layer absent from the result keeps all its outputs."""
+        removed: dict[str, set[int]] = {}
+        for group in self.groups:
+            if group.name in keep:
+                for (module, kind), idxs in group.removed_by_module(keep[group.name]).items():
+                    if kind == "out" and idxs:
+                        removed.setdefault(module, set()).update(idxs)
+        return {name: torch.tensor(sorted(set(range(self.layers[name].out_channels)) - idxs))
+                for name, idxs in removed.items()}
+
     def prune(self, keep: Mapping[str, torch.Tensor], *, reconstruct: bool = True) -> nn.Module:
         """A physically pruned copy keeping channels `keep[name]` (sorted root indices) per group.
 

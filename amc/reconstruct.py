@@ -6,10 +6,17 @@ Gram matrix G = X^T X is accumulated. Because the consumer's original output is 
 the weights W' restricted to the kept input columns S,
     min ||X[:, S] W'^T - X W^T||,
 is the solution of G[S, S] W'^T = G[S, :] W^T. Only G is stored: no features, no outputs.
+
+That re-fit sees the original network's inputs, so each layer's error adds to the next. The sequential
+re-fit (`collect_targets`, `refit_sequentially`) corrects it, as in He et al.'s channel pruning: one
+forward pass of the PRUNED network over a batch of calibration images re-fits every conv consumer, in
+execution order, on the inputs the pruned network actually gives it, against the original network's
+outputs at the same sampled positions; BatchNorm statistics are re-estimated in the same pass.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -124,3 +131,114 @@ def greedy_order(weight: torch.Tensor, gram: torch.Tensor, blocks: torch.Tensor)
         inverse = inverse[rows_keep][:, rows_keep] - cross @ solve[:, : len(cross)]
         alive = alive[~drop]
     return torch.cat([alive, *reversed(removed)])
+
+
+@dataclass
+class Target:
+    """What a conv consumer must reproduce: the original network's output at sampled positions.
+
+    `positions` [B, P] are flat output positions (row-major over H_out x W_out) of each calibration image;
+    `output` [B * P, O] the original conv's output there, without its bias (float32).
+    """
+
+    positions: torch.Tensor
+    output: torch.Tensor
+
+
+def _patch_rows(conv: nn.Conv2d, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Input rows of `conv` at the output `positions` [B, P]: [B * P, C*k*k], ordered as `F.unfold`'s."""
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
+    batch, channels, height, width = x.shape
+    out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    rows = (positions // out_w)[..., None] * sh + torch.arange(kh) * dh  # [B, P, kh]
+    cols = (positions % out_w)[..., None] * sw + torch.arange(kw) * dw  # [B, P, kw]
+    padded = F.pad(x, (pw, pw, ph, ph))
+    image = torch.arange(batch)[:, None, None, None]
+    patches = padded[image, :, rows[..., :, None], cols[..., None, :]]  # [B, P, kh, kw, C]
+    return patches.permute(0, 1, 4, 2, 3).reshape(-1, channels * kh * kw)
+
+
+def _convs(model: nn.Module, consumers: Iterable[str]) -> dict[str, nn.Conv2d]:
+    modules = dict(model.named_modules())
+    return {name: modules[name] for name in consumers if isinstance(modules[name], nn.Conv2d)}
+
+
+@torch.no_grad()
+def collect_targets(model: nn.Module, consumers: Iterable[str], x: torch.Tensor, *, positions: int = 64,
+                    seed: int = 0) -> dict[str, Target]:
+    """The original outputs of the named conv consumers (Linear ones are skipped) on calibration images
+    `x` [B, C, H, W] (normalized), at `positions` sampled output positions per image (all, if fewer)."""
+    generator = torch.Generator().manual_seed(seed)
+    targets: dict[str, Target] = {}
+
+    def hook(name: str):
+        def record(conv: nn.Conv2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            flat = output.flatten(2)  # [B, O, L]
+            if conv.bias is not None:
+                flat = flat - conv.bias[:, None]
+            batch, out_channels, length = flat.shape
+            if positions < length:
+                pick = torch.randint(length, (batch, positions), generator=generator)
+            else:
+                pick = torch.arange(length).expand(batch, length)
+            sampled = torch.gather(flat, 2, pick[:, None, :].expand(batch, out_channels, -1))
+            targets[name] = Target(pick, sampled.transpose(1, 2).reshape(-1, out_channels).float())
+        return record
+
+    handles = [conv.register_forward_hook(hook(name)) for name, conv in _convs(model, consumers).items()]
+    model.eval()
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return targets
+
+
+@torch.no_grad()
+def refit_sequentially(model: nn.Module, targets: dict[str, Target], x: torch.Tensor,
+                       kept_outputs: dict[str, torch.Tensor], *, ridge: float = 1e-3) -> None:
+    """Re-fit the weights of the pruned `model`'s conv consumers in place, in one forward pass over the
+    calibration images `x` that `targets` were collected on; re-estimate every BatchNorm on `x` too.
+    A consumer whose own outputs are pruned too keeps the target columns `kept_outputs[name]`.
+
+    Each consumer's weight becomes the least-squares map from the pruned network's own input rows X' at
+    the target positions to the original output Y there: W'^T = (X'^T X' + r I)^-1 X'^T Y, where the
+    ridge r is `ridge` times the mean diagonal of X'^T X' (the batch has fewer rows than the Gram
+    re-fit's, so it is damped more). BatchNorms normalize with the statistics of `x`, which become their
+    running statistics, so later layers are re-fitted on the inputs they will see. `x` is one batch: all
+    rows of a layer are needed before it can be re-fitted. The model is left in eval mode.
+    """
+    def hook(name: str):
+        def refit_input(conv: nn.Conv2d, inputs: tuple[torch.Tensor, ...]) -> None:
+            rows = _patch_rows(conv, inputs[0], targets[name].positions)
+            gram = (rows.T @ rows).double()
+            gram += ridge * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(len(gram), dtype=gram.dtype)
+            output = targets[name].output
+            if name in kept_outputs:
+                output = output[:, kept_outputs[name]]
+            rhs = (rows.T @ output).double()
+            factor, info = torch.linalg.cholesky_ex(gram)
+            if info.item() != 0:
+                return  # numerically indefinite: keep the weights it has
+            solved = torch.cholesky_solve(rhs, factor).T
+            if torch.isfinite(solved).all():
+                conv.weight.copy_(solved.reshape(conv.weight.shape))
+        return refit_input
+
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    handles = [conv.register_forward_pre_hook(hook(name)) for name, conv in _convs(model, targets).items()]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+        model.eval()

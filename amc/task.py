@@ -3,15 +3,15 @@
 `prepare_task` loads the model and checkpoint, splits the TRAIN set into a training part and a held-out
 `val` part (search rewards are measured on `val`, never on `test`), builds the `ChannelPruner`,
 collects reconstruction statistics on calibration images from the training part, and returns a
-`RewardEvaluator` that scores channel counts: select channels, re-fit, re-estimate BatchNorm, measure
-accuracy on `val`.
+`RewardEvaluator` that scores channel counts: select channels, re-fit (sequentially, on the pruned
+network's own inputs), re-estimate BatchNorm, measure accuracy on `val`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from amc.errors import AmcError
 from amc.evaluate import accuracy, recalibrate_batchnorm
 from amc.models import create_model, load_checkpoint, read_checkpoint
 from amc.pruner import ChannelPruner, Selection
+from amc.reconstruct import Target, collect_targets, refit_sequentially
+
+Reconstruction = Literal["sequential", "gram", "none"]
 
 
 @dataclass
@@ -73,24 +76,38 @@ class RewardEvaluator:
     """Scores kept channel counts by the accuracy of the pruned, re-fitted model on `val`.
 
     `val_x` [N, C, H, W] are normalized val images, `val_y` [N] labels; `bn_x` are normalized TRAIN
-    images on which BatchNorm statistics are re-estimated after pruning (None: keep the original
-    statistics). The pruned model is physically smaller, so a 50% budget costs about half a dense pass;
-    images and model are kept channels-last, which runs CPU convolutions about 1.8x faster.
+    images on which the pruned network is re-fitted and its BatchNorm statistics re-estimated (None:
+    keep the original statistics). `reconstruct` picks the re-fit of the layers that consume pruned
+    channels: `sequential` (the default; needs `bn_x`) re-fits the conv consumers in one pass of the
+    pruned network over `bn_x`, on its own inputs, against the original outputs at `positions` sampled
+    positions per image (Linear consumers keep the Gram re-fit); `gram` re-fits each layer from the
+    original network's input statistics only (`ChannelPruner.calibrate`); `none` only selects channels.
+    The pruned model is physically smaller, so a 50% budget costs about half a dense pass; images and
+    model are kept channels-last, which runs CPU convolutions about 1.8x faster.
     """
 
     def __init__(self, pruner: ChannelPruner, val_x: torch.Tensor, val_y: torch.Tensor, *,
-                 bn_x: torch.Tensor | None = None, reconstruct: bool = True) -> None:
+                 bn_x: torch.Tensor | None = None, reconstruct: Reconstruction = "sequential",
+                 positions: int = 64, seed: int = 0) -> None:
+        if reconstruct == "sequential" and bn_x is None:
+            raise ValueError("the sequential re-fit needs calibration images (bn_x)")
         self.pruner, self.val_y, self.reconstruct = pruner, val_y, reconstruct
         self.val_x = to_channels_last(val_x)
         self.bn_x = None if bn_x is None else to_channels_last(bn_x)
+        self.targets: dict[str, Target] = {}
+        if reconstruct == "sequential":
+            consumers = [g.consumer for g in pruner.groups if g.consumer is not None]
+            self.targets = collect_targets(pruner.model, consumers, self.bn_x, positions=positions, seed=seed)
 
     def prune(self, counts: np.ndarray) -> nn.Module:
         """The pruned model for kept counts `counts` [G] as evaluated (re-fitted, BatchNorm re-estimated)."""
         keep = self.pruner.keep_indices(dict(zip(self.pruner.names, counts.tolist())))
-        model = self.pruner.prune(keep, reconstruct=self.reconstruct)
+        model = self.pruner.prune(keep, reconstruct=self.reconstruct != "none")
         if self.val_x.dim() == 4:
             model = model.to(memory_format=torch.channels_last)
-        if self.bn_x is not None:
+        if self.targets:
+            refit_sequentially(model, self.targets, self.bn_x, self.pruner.kept_outputs(keep))
+        elif self.bn_x is not None:
             recalibrate_batchnorm(model, self.bn_x)
         return model
 
@@ -133,15 +150,16 @@ def prepare_task(
     bn_size: int = 256,
     positions: int = 10,
     selection: Selection = "ls",
-    reconstruct: bool = True,
+    reconstruct: Reconstruction = "sequential",
 ) -> Task:
     """Load, split, analyse and calibrate: the one-time set-up of a search (see the module docstring).
 
     `val_size` images of the train split (default `default_val_size`) become the reward split;
     `calib_size` images of the rest feed the least-squares statistics (`positions` sampled output
-    positions per image and layer) and `bn_size` of them re-estimate BatchNorm after pruning
-    (0 disables it). `selection` ranks the channels of each group (`ls`: least-squares greedy selection
-    from the same statistics). The split depends only on `seed` and the dataset.
+    positions per image and layer) and `bn_size` of them re-fit the pruned network sequentially and
+    re-estimate its BatchNorm (0 disables both; `reconstruct` as in `RewardEvaluator`). `selection` ranks
+    the channels of each group (`ls`: least-squares greedy selection from the same statistics). The split
+    depends only on `seed` and the dataset.
     """
     data = load_dataset(dataset, data_dir)
     trained = load_trained_model(model, checkpoint, dataset=data)
@@ -158,8 +176,11 @@ def prepare_task(
         return normalize(data.train.images[idx], trained.mean, trained.std)
 
     calib = norm(_sample(train_idx, calib_size, seed + 1))
-    if reconstruct or selection == "ls":
+    if reconstruct != "none" or selection == "ls":
         pruner.calibrate(calib.split(250), positions=positions, seed=seed)
     bn_x = norm(_sample(train_idx, bn_size, seed + 2)) if bn_size > 0 else None
-    evaluator = RewardEvaluator(pruner, norm(val_idx), data.train.labels[val_idx], bn_x=bn_x, reconstruct=reconstruct)
+    if bn_x is None and reconstruct == "sequential":
+        reconstruct = "gram"
+    evaluator = RewardEvaluator(pruner, norm(val_idx), data.train.labels[val_idx], bn_x=bn_x,
+                                reconstruct=reconstruct, seed=seed + 3)
     return Task(trained, data, pruner, evaluator, train_idx, val_idx)
