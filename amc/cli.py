@@ -504,7 +504,7 @@ def run_apply(args: argparse.Namespace) -> int:
     task = None
     if args.dataset:
         task = prepare_task(args.model, args.checkpoint, args.dataset, args.data_dir, val_size=args.val_size,
-                            seed=args.seed, reconstruct=reconstruct, selection=selection)
+                            seed=args.seed, reconstruct="sequential" if reconstruct else "none", selection=selection)
         trained, pruner = task.model, task.pruner
     else:
         trained = load_trained_model(args.model, args.checkpoint, input_shape=args.input_shape)

@@ -37,16 +37,18 @@ def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: in
     """Re-estimate every BatchNorm's running mean and variance on `inputs` (normalized images).
 
     Pruning shifts the statistics that reach later BatchNorms; a few training batches fix them.
-    Statistics are a plain average over the batches (momentum None); the model is left in eval mode.
+    Statistics are a plain average over the batches (momentum None); only the BatchNorms run in training
+    mode (dropout stays off), and the model is left in eval mode.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms or len(inputs) == 0:
         return
     saved = [m.momentum for m in norms]
+    model.eval()
     for m in norms:
         m.reset_running_stats()
         m.momentum = None
-    model.train()
+        m.train()
     for start in range(0, len(inputs), batch_size):
         model(inputs[start : start + batch_size])
     for m, momentum in zip(norms, saved):

@@ -19,7 +19,8 @@ from amc.flops import count_macs_params
 from amc.groups import mask_copy, prune_copy
 from amc.models import create_model
 from amc.pruner import ChannelPruner
-from amc.reconstruct import greedy_order, refit
+from amc.reconstruct import _patch_rows, greedy_order, refit
+from amc.task import RewardEvaluator
 
 CIFAR_SHAPE = (3, 32, 32)
 USER_SHAPE = (3, 16, 16)
@@ -209,6 +210,31 @@ def test_least_squares_refit_reduces_output_error() -> None:
         refitted = F.mse_loss(pruner.prune(keep, reconstruct=True)(x_test), dense).item()
         selected = F.mse_loss(pruner.prune(keep, reconstruct=False)(x_test), dense).item()
     assert refitted < selected
+
+
+def test_sequential_refit_beats_the_gram_refit() -> None:
+    model, x_train, x_test = train_digits_cnn()
+    pruner = ChannelPruner(model, (1, 8, 8))
+    pruner.calibrate(x_train.split(250))
+    labels = torch.zeros(len(x_test), dtype=torch.long)
+    errors = {}
+    for counts in (ratio_counts(pruner, 0.4), ratio_counts(pruner, 0.6)):
+        for method in ("gram", "sequential"):
+            evaluator = RewardEvaluator(pruner, x_test, labels, bn_x=x_train[:256], reconstruct=method)
+            with torch.no_grad():
+                errors[method] = F.mse_loss(evaluator.prune(counts)(x_test), model(x_test)).item()
+        assert errors["sequential"] < errors["gram"], errors
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation",
+                         [(3, 1, 1, 1), (3, 2, 1, 1), ((3, 1), 1, (2, 0), 2), (1, 2, 0, 1)])
+def test_patch_rows_are_unfold_columns(kernel, stride, padding, dilation) -> None:
+    conv = nn.Conv2d(5, 7, kernel, stride, padding, dilation)
+    x = torch.randn(3, 5, 9, 10).to(memory_format=torch.channels_last)
+    cols = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # [B, D, L]
+    positions = torch.randint(cols.shape[2], (3, 4), generator=torch.Generator().manual_seed(0))
+    want = torch.gather(cols, 2, positions[:, None, :].expand(-1, cols.shape[1], -1)).transpose(1, 2)
+    assert torch.equal(_patch_rows(conv, x, positions), want.reshape(-1, cols.shape[1]))
 
 
 def test_least_squares_selection_beats_l1_selection() -> None:
