@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from stable_baselines3.common.logger import Logger
 from tqdm import tqdm
 
 from agents.callbacks import EpisodeRewardCallback
@@ -280,6 +281,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
         callback.stop_requested = True
 
     previous = signal.signal(signal.SIGINT, request_stop)
+    agent.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default makes an empty folder in /tmp per run
     try:
         if remaining > 0:
             agent.learn(total_timesteps=remaining * n_steps, callback=callback, reset_num_timesteps=checkpoint is None)
