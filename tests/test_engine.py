@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from amc.budget import ratio_counts
 from amc.data import load_dataset, normalize
-from amc.evaluate import cpu_latency, inference_copy
+from amc.evaluate import cpu_latency, inference_copy, recalibrate_batchnorm
 from amc.flops import count_macs_params
 from amc.groups import mask_copy, prune_copy
 from amc.models import create_model
@@ -224,6 +224,15 @@ def test_sequential_refit_beats_the_gram_refit() -> None:
             with torch.no_grad():
                 errors[method] = F.mse_loss(evaluator.prune(counts)(x_test), model(x_test)).item()
         assert errors["sequential"] < errors["gram"], errors
+
+
+def test_batchnorm_re_estimation_averages_the_inputs_with_dropout_off() -> None:
+    model = nn.Sequential(nn.Dropout(0.5), nn.BatchNorm1d(3), nn.Dropout(0.5)).eval()
+    x = torch.randn(100, 3) * torch.tensor([1.0, 2.0, 3.0]) + torch.tensor([0.5, -1.0, 2.0])
+    recalibrate_batchnorm(model, x, batch_size=25)
+    assert not model.training and not model[0].training
+    torch.testing.assert_close(model[1].running_mean, x.mean(0))
+    torch.testing.assert_close(model[1].running_var, x.var(0), rtol=0.05, atol=0.0)  # batch-unbiased vs whole-set
 
 
 @pytest.mark.parametrize("kernel,stride,padding,dilation",
