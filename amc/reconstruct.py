@@ -148,7 +148,7 @@ class Target:
 def _patch_rows(conv: nn.Conv2d, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Input rows of `conv` at the output `positions` [B, P]: [B * P, C*k*k], ordered as `F.unfold`'s."""
     (kh, kw), (sh, sw), (dh, dw), (ph, pw) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
-    batch, channels, height, width = x.shape
+    batch, channels, _, width = x.shape
     out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     rows = (positions // out_w)[..., None] * sh + torch.arange(kh) * dh  # [B, P, kh]
     cols = (positions % out_w)[..., None] * sw + torch.arange(kw) * dw  # [B, P, kw]
@@ -159,15 +159,17 @@ def _patch_rows(conv: nn.Conv2d, x: torch.Tensor, positions: torch.Tensor) -> to
 
 
 def _convs(model: nn.Module, consumers: Iterable[str]) -> dict[str, nn.Conv2d]:
+    """The named layers that are ordinary (not grouped) convs: those the sequential re-fit handles."""
     modules = dict(model.named_modules())
-    return {name: modules[name] for name in consumers if isinstance(modules[name], nn.Conv2d)}
+    return {name: modules[name] for name in consumers
+            if isinstance(modules[name], nn.Conv2d) and modules[name].groups == 1}
 
 
 @torch.no_grad()
 def collect_targets(model: nn.Module, consumers: Iterable[str], x: torch.Tensor, *, positions: int = 64,
                     seed: int = 0) -> dict[str, Target]:
-    """The original outputs of the named conv consumers (Linear ones are skipped) on calibration images
-    `x` [B, C, H, W] (normalized), at `positions` sampled output positions per image (all, if fewer)."""
+    """The original outputs of the named conv consumers (Linear and grouped ones are skipped) on calibration
+    images `x` [B, C, H, W] (normalized), at `positions` sampled output positions per image (all, if fewer)."""
     generator = torch.Generator().manual_seed(seed)
     targets: dict[str, Target] = {}
 
