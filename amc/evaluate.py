@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import statistics
 import warnings
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -32,28 +33,38 @@ def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch
     return correct / len(inputs), loss / len(inputs)
 
 
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> None:
-    """Re-estimate every BatchNorm's running mean and variance on `inputs` (normalized images).
-
-    Pruning shifts the statistics that reach later BatchNorms; a few training batches fix them.
-    Statistics are a plain average over the batches (momentum None); only the BatchNorms run in training
-    mode (dropout stays off), and the model is left in eval mode.
-    """
+@contextmanager
+def reestimating_batchnorm(model: nn.Module) -> Iterator[None]:
+    """Inside the block, every BatchNorm of `model` starts from empty statistics and averages those of all
+    the batches it sees (momentum None); only the BatchNorms run in training mode (dropout stays off).
+    Afterwards the model is in eval mode with the new statistics."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or len(inputs) == 0:
-        return
     saved = [m.momentum for m in norms]
     model.eval()
     for m in norms:
         m.reset_running_stats()
         m.momentum = None
         m.train()
-    for start in range(0, len(inputs), batch_size):
-        model(inputs[start : start + batch_size])
-    for m, momentum in zip(norms, saved):
-        m.momentum = momentum
-    model.eval()
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+        model.eval()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> None:
+    """Re-estimate every BatchNorm's running mean and variance on `inputs` (normalized images).
+
+    Pruning shifts the statistics that reach later BatchNorms; a few training batches fix them
+    (`reestimating_batchnorm`); the model is left in eval mode.
+    """
+    if len(inputs) == 0 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    with reestimating_batchnorm(model):
+        for start in range(0, len(inputs), batch_size):
+            model(inputs[start : start + batch_size])
 
 
 def inference_copy(model: nn.Module, *, channels_last: bool = False) -> nn.Module:

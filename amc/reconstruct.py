@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from amc.evaluate import reestimating_batchnorm
+
 
 def _rows(module: nn.Module, x: torch.Tensor, positions: int, generator: torch.Generator) -> torch.Tensor:
     """Sampled input rows of a consumer: [B * positions, C*k*k] for a conv, [B, in] for a Linear."""
@@ -228,19 +230,10 @@ def refit_sequentially(model: nn.Module, targets: dict[str, Target], x: torch.Te
                 conv.weight.copy_(solved.reshape(conv.weight.shape))
         return refit_input
 
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
     handles = [conv.register_forward_pre_hook(hook(name)) for name, conv in _convs(model, targets).items()]
-    model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
     try:
-        model(x)
+        with reestimating_batchnorm(model):
+            model(x)
     finally:
         for h in handles:
             h.remove()
-        for m, momentum in zip(norms, saved):
-            m.momentum = momentum
-        model.eval()
