@@ -93,6 +93,11 @@ class ChannelPruner:
         return [g.name for g in self.groups]
 
     @property
+    def consumers(self) -> list[str]:
+        """The layers a re-fit reconstructs: each group's single consuming conv/Linear, in execution order."""
+        return [g.consumer for g in self.groups if g.consumer is not None]
+
+    @property
     def channels(self) -> np.ndarray:
         """Channels of every group in the unpruned model, shape [G]."""
         return self.cost.full
@@ -100,8 +105,7 @@ class ChannelPruner:
     def calibrate(self, batches: Iterable[torch.Tensor], *, positions: int = 10, seed: int = 0) -> None:
         """Collect the reconstruction statistics of every refittable consumer on calibration batches
         (normalized float inputs from the TRAIN split)."""
-        consumers = [g.consumer for g in self.groups if g.consumer is not None]
-        self.grams = collect_grams(self.model, consumers, batches, positions=positions, seed=seed)
+        self.grams = collect_grams(self.model, self.consumers, batches, positions=positions, seed=seed)
         if self.selection == "ls":
             modules = dict(self.model.named_modules())
             for group in self.groups:

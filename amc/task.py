@@ -96,8 +96,7 @@ class RewardEvaluator:
         self.bn_x = None if bn_x is None else to_channels_last(bn_x)
         self.targets: dict[str, Target] = {}
         if reconstruct == "sequential":
-            consumers = [g.consumer for g in pruner.groups if g.consumer is not None]
-            self.targets = collect_targets(pruner.model, consumers, self.bn_x, positions=positions, seed=seed)
+            self.targets = collect_targets(pruner.model, pruner.consumers, self.bn_x, positions=positions, seed=seed)
 
     def prune(self, counts: np.ndarray) -> nn.Module:
         """The pruned model for kept counts `counts` [G] as evaluated (re-fitted, BatchNorm re-estimated)."""
