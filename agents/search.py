@@ -178,7 +178,7 @@ class EpisodeLog:
 
 def _compare_config(saved: dict, config: SearchConfig) -> None:
     current = asdict(config)
-    differ = [k for k in current if k in saved and saved[k] != current[k] and k != "episodes"]
+    differ = [k for k in current if k in saved and saved[k] != current[k] and k not in ("episodes", "out")]
     if differ:
         def flag(key: str) -> str:
             return "the budget (--target-*)" if key.startswith("budget") else "--" + key.replace("_", "-")

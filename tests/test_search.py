@@ -89,6 +89,15 @@ def test_resume_continues_exactly(task, tmp_path):
     assert rows(resumed.run_dir) == rows(whole.run_dir)
 
 
+def test_moved_run_folder_resumes(task, tmp_path):
+    cut = config(tmp_path, "before", episodes=7)
+    run_search(cut, progress=False, task=task)
+    (tmp_path / "before").rename(tmp_path / "after")
+    resumed = run_search(replace(cut, episodes=9, out=str(tmp_path / "after")), resume=True, progress=False, task=task)
+    assert resumed.episodes == 9
+    assert json.loads((tmp_path / "after" / "config.json").read_text())["out"] == str(tmp_path / "after")
+
+
 def test_resume_refuses_other_arguments(task, tmp_path):
     cfg = config(tmp_path, "args")
     run_search(cfg, progress=False, task=task)
