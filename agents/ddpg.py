@@ -19,6 +19,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.utils import update_learning_rate
 from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.td3.policies import Actor, TD3Policy
 
 
 def truncated_normal(mu: np.ndarray, sigma: float, low: float, high: float, rng: np.random.Generator) -> np.ndarray:
@@ -33,6 +34,52 @@ def truncated_normal(mu: np.ndarray, sigma: float, low: float, high: float, rng:
         if not todo.any():
             return out
     return np.clip(out, low, high)
+
+
+class _InvertingGradientClip(th.autograd.Function):
+    """Clip to [-1, 1] forward; backward, scale each gradient by the room left in the direction it
+    pushes (Hausknecht and Stone 2016, "inverting gradients"), and reverse it beyond the bounds."""
+
+    @staticmethod
+    def forward(ctx: Any, x: th.Tensor) -> th.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(-1.0, 1.0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: th.Tensor) -> th.Tensor:
+        (x,) = ctx.saved_tensors
+        # gradient descent moves x along -grad: up where grad < 0, with room (1 - x) / 2 to the top
+        room = th.where(grad < 0, (1.0 - x) / 2.0, (x + 1.0) / 2.0)
+        return grad * room
+
+
+class InvertingGradientClip(th.nn.Module):
+    """The actor's output bound in place of tanh: an action at a bound can always leave it again.
+
+    A tanh output saturates: once the critic has pushed an action to a bound, the pre-activation runs
+    far past it and the gradient through tanh vanishes, so the actor can no longer move that action
+    whatever the critic learns later. Here the output is the clipped pre-activation, and the gradient
+    shrinks as the action approaches the bound it is pushed towards and turns back beyond it.
+    """
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        return _InvertingGradientClip.apply(x)
+
+
+class BoundedActor(Actor):
+    """SB3's deterministic actor with `InvertingGradientClip` as its output instead of tanh."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.mu[-1] = InvertingGradientClip()
+
+
+class BoundedActorPolicy(TD3Policy):
+    """TD3/DDPG's MLP policy with a `BoundedActor` (and its target) in place of the tanh actor."""
+
+    def make_actor(self, features_extractor: Any = None) -> Actor:
+        actor_kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)
+        return BoundedActor(**actor_kwargs).to(self.device)
 
 
 class BaselineReplayBuffer(ReplayBuffer):
@@ -158,7 +205,7 @@ def make_agent(
         device=device,
         verbose=0,
     )
-    agent = cls("MlpPolicy", env, **kwargs)
+    agent = cls("MlpPolicy" if algo == "sac" else BoundedActorPolicy, env, **kwargs)
     agent.sigma0, agent.sigma_decay, agent.warmup_episodes = sigma0, sigma_decay, warmup_episodes
     agent.actor_lr, agent.critic_lr = actor_lr, critic_lr
     return agent

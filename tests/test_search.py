@@ -12,7 +12,9 @@ import pytest
 
 from stable_baselines3.common.logger import Logger
 
-from agents.ddpg import BaselineReplayBuffer, make_agent, truncated_normal
+import torch
+
+from agents.ddpg import BaselineReplayBuffer, InvertingGradientClip, make_agent, truncated_normal
 from agents.search import SearchConfig, policy_from_agent, run_search
 from amc.budget import Budget
 from amc.errors import AmcError
@@ -103,6 +105,20 @@ def test_resume_refuses_other_arguments(task, tmp_path):
     run_search(cfg, progress=False, task=task)
     with pytest.raises(AmcError, match="--seed"):
         run_search(replace(cfg, seed=1), resume=True, progress=False, task=task)
+
+
+def test_actor_output_can_leave_a_bound():
+    """Unlike tanh, the bounded output never loses its gradient back into [-1, 1]."""
+    x = torch.tensor([-3.0, -1.0, -1.0, 0.0, 1.0, 3.0], requires_grad=True)
+    y = InvertingGradientClip()(x)
+    # the loss pushes entries 0 and 5 further out, 1 further down, 2 up, 3 up, 4 further up
+    push_up = torch.tensor([False, False, True, True, True, True])
+    (torch.where(push_up, -y, y)).sum().backward()
+    assert y.tolist() == [-1.0, -1.0, -1.0, 0.0, 1.0, 1.0]
+    step = -x.grad  # the direction gradient descent moves x
+    assert step[0] > 0 and step[5] < 0  # beyond a bound: back inside, whatever the loss wants
+    assert step[1] == 0 and step[4] == 0  # at a bound, pushed outwards: stays
+    assert step[2] == 1 and step[3] == 0.5  # at the lower bound pushed up: the full gradient
 
 
 def test_agent_is_configured_as_amc(task):
