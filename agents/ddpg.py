@@ -4,6 +4,8 @@ AMC explores with a truncated normal around the actor's action, sigma = sigma0 *
 after warm-up); SB3's `ActionNoise` cannot see the actor's action, so `_sample_action` is overridden.
 AMC also trains actor and critic with different learning rates (1e-4 / 1e-3), where SB3 has one, and
 centres the rewards of every sampled batch on a moving average of batch rewards (`BaselineReplayBuffer`).
+DDPG's and TD3's actor ends in `InvertingGradientClip` instead of tanh (`BoundedActorPolicy`), so an action
+pushed to a bound does not saturate there.
 """
 
 from __future__ import annotations

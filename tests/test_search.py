@@ -9,10 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from stable_baselines3.common.logger import Logger
-
 import torch
+from stable_baselines3.common.logger import Logger
 
 from agents.ddpg import BaselineReplayBuffer, InvertingGradientClip, make_agent, truncated_normal
 from agents.search import SearchConfig, policy_from_agent, run_search
