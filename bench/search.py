@@ -3,10 +3,10 @@
 Runs (or resumes) `amc train-agent` for one model and FLOPs budget, then evaluates the best AMC policy
 and the uniform policy through the same fast evaluation (channel selection, least-squares re-fit,
 BatchNorm re-estimation; no fine-tuning) on the test split. Writes `bench/results/search_<model>_f<pct>.json`
-and `.md`.
+and `.md` (`..._s<seed>` for a seed other than 0).
 
     python bench/search.py --model resnet56 --target-flops 0.5 --data-dir DIR \
-        --checkpoint ../shared/weights/resnet56-cifar10jpg.pt --episodes 300 --warmup 100 --val-size 2000
+        --checkpoint ../shared/weights/resnet56-cifar10jpg.pt --episodes 300 --warmup 100 --val-size 5000
 """
 
 from __future__ import annotations
@@ -53,13 +53,13 @@ def main() -> None:
     parser.add_argument("--target-flops", type=float, default=0.5)
     parser.add_argument("--episodes", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--val-size", type=int, default=2000)
+    parser.add_argument("--val-size", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", default=str(report.ROOT / "runs"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    tag = f"{args.model}_f{round(100 * args.target_flops)}"
+    tag = f"{args.model}_f{round(100 * args.target_flops)}" + (f"_s{args.seed}" if args.seed else "")
     config = SearchConfig(model=args.model, checkpoint=args.checkpoint, dataset="imagefolder", data_dir=args.data_dir,
                           budget_ratio=args.target_flops, episodes=args.episodes, warmup=args.warmup,
                           val_size=args.val_size, seed=args.seed, out=str(Path(args.runs) / f"bench-{tag}"))
