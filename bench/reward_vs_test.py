@@ -27,7 +27,7 @@ import torch
 import report  # noqa: E402  (bench/report.py; puts the repository on sys.path)
 
 from agents.search import SearchConfig  # noqa: E402
-from amc.budget import uniform_counts  # noqa: E402
+from amc.budget import min_counts, uniform_counts  # noqa: E402
 from amc.task import Task, prepare_task  # noqa: E402
 
 
@@ -41,14 +41,14 @@ def local_search(task: Task, start: np.ndarray, target: float, steps: int, seed:
     """Greedy channel moves from `start` [G] kept when the reward-split accuracy rises; one row per kept
     move (and the start): step, val and test accuracy in [0, 1], kept counts."""
     pruner, evaluator = task.pruner, task.evaluator
-    rng = np.random.default_rng(seed)
+    rng, floor = np.random.default_rng(seed), min_counts(pruner)
     counts, best = start.copy(), evaluator(start).accuracy
     rows = [{"step": 0, "val_accuracy": best, "test_accuracy": task.test_accuracy(evaluator.prune(start)),
              "counts": start.tolist()}]
     for step in range(1, steps + 1):
         giver, taker = rng.choice(len(counts), 2, replace=False)
         moved = counts.copy()
-        moved[giver] = max(1, moved[giver] - int(rng.integers(1, 3)))
+        moved[giver] = max(floor[giver], moved[giver] - int(rng.integers(1, 3)))
         while moved[taker] < pruner.channels[taker]:
             moved[taker] += 1
             if pruner.cost.macs(moved) > target:
