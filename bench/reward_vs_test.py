@@ -27,7 +27,8 @@ import torch
 import report  # noqa: E402  (bench/report.py; puts the repository on sys.path)
 
 from agents.search import SearchConfig  # noqa: E402
-from amc.budget import min_counts, uniform_counts  # noqa: E402
+from amc.budget import min_counts, ratio_counts, uniform_counts  # noqa: E402
+from amc.evaluate import accuracy  # noqa: E402
 from amc.task import Task, prepare_task  # noqa: E402
 
 
@@ -37,14 +38,20 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ranks[0], ranks[1])[0, 1])
 
 
+def val_and_test(task: Task, counts: np.ndarray) -> tuple[float, float]:
+    """Reward-split and test accuracy in [0, 1] of kept counts [G], pruned and re-fitted once."""
+    model = task.evaluator.prune(counts)
+    return accuracy(model, task.evaluator.val_x, task.evaluator.val_y)[0], task.test_accuracy(model)
+
+
 def local_search(task: Task, start: np.ndarray, target: float, steps: int, seed: int) -> list[dict]:
     """Greedy channel moves from `start` [G] kept when the reward-split accuracy rises; one row per kept
     move (and the start): step, val and test accuracy in [0, 1], kept counts."""
-    pruner, evaluator = task.pruner, task.evaluator
+    pruner = task.pruner
     rng, floor = np.random.default_rng(seed), min_counts(pruner)
-    counts, best = start.copy(), evaluator(start).accuracy
-    rows = [{"step": 0, "val_accuracy": best, "test_accuracy": task.test_accuracy(evaluator.prune(start)),
-             "counts": start.tolist()}]
+    counts = start.copy()
+    best, test = val_and_test(task, start)
+    rows = [{"step": 0, "val_accuracy": best, "test_accuracy": test, "counts": start.tolist()}]
     for step in range(1, steps + 1):
         giver, taker = rng.choice(len(counts), 2, replace=False)
         moved = counts.copy()
@@ -56,12 +63,12 @@ def local_search(task: Task, start: np.ndarray, target: float, steps: int, seed:
                 break
         if moved[taker] == counts[taker]:
             continue
-        val = evaluator(moved).accuracy
+        model = task.evaluator.prune(moved)
+        val = accuracy(model, task.evaluator.val_x, task.evaluator.val_y)[0]
         if val > best:
-            counts, best = moved, val
-            rows.append({"step": step, "val_accuracy": val, "test_accuracy": task.test_accuracy(evaluator.prune(moved)),
-                         "counts": moved.tolist()})
-            print(f"step {step}: val {100 * val:.2f}% test {100 * rows[-1]['test_accuracy']:.2f}%", flush=True)
+            counts, best, test = moved, val, task.test_accuracy(model)
+            rows.append({"step": step, "val_accuracy": val, "test_accuracy": test, "counts": moved.tolist()})
+            print(f"step {step}: val {100 * val:.2f}% test {100 * test:.2f}%", flush=True)
     return rows
 
 
@@ -99,15 +106,14 @@ def main() -> None:
 
     policies = []
     for rank, row in enumerate(chosen):
-        counts = np.rint(np.array([float(row[f"ratio:{n}"]) for n in pruner.names]) * pruner.channels).astype(int)
+        counts = ratio_counts(pruner, np.array([float(row[f"ratio:{n}"]) for n in pruner.names]))
         started = time.monotonic()
         test = task.test_accuracy(task.evaluator.prune(counts))
         policies.append({"episode": int(row["episode"]), "top": rank < args.top, "reward": float(row["reward"]),
                          "val_accuracy": float(row["val_accuracy"]), "test_accuracy": test, "counts": counts.tolist()})
         print(f"episode {row['episode']}: val {100 * float(row['val_accuracy']):.2f}% test {100 * test:.2f}% "
               f"({time.monotonic() - started:.0f} s)", flush=True)
-    uniform_test = task.test_accuracy(task.evaluator.prune(uniform))
-    uniform_val = task.evaluator(uniform).accuracy
+    uniform_val, uniform_test = val_and_test(task, uniform)
     best_counts = np.array(policies[0]["counts"])
     local = local_search(task, best_counts, target, args.local_steps, config.seed)
 
