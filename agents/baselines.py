@@ -15,14 +15,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from amc.budget import Budget, CostFn, check_reachable, cost_function, ratio_counts, uniform_counts
+from agents.config import SearchConfig
+from amc.engine.budget import Budget, CostFn, check_reachable, cost_function, ratio_counts, uniform_counts
 from amc.errors import AmcError
 from amc.policy import Policy
-from amc.task import Evaluation, Task
+from amc.reward import Evaluation, Task
 from envs.channel_pruning import ChannelPruningEnv
 
 DEFAULT_RATIOS: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -41,10 +42,10 @@ class BaselineResult:
     evaluations: int
     seconds: float
 
-    def to_policy(self, task: Task, budget: Budget) -> Policy:
-        """The amc policy of these counts, with method, val accuracy and evaluations as extra fields."""
+    def to_policy(self, task: Task, budget: Budget, **extra: Any) -> Policy:
+        """The amc policy of these counts, with method, val accuracy, evaluations and `extra` as extra fields."""
         return Policy.from_counts(task.pruner, task.model.spec, self.counts, budget, method=self.method,
-                                  val_accuracy=self.val_accuracy, evaluations=self.evaluations)
+                                  **extra, val_accuracy=self.val_accuracy, evaluations=self.evaluations)
 
 
 @dataclass
@@ -95,7 +96,7 @@ def uniform(task: Task, budget: Budget, lbound: float = 0.0) -> BaselineResult:
 
 
 def random_search(task: Task, budget: Budget, episodes: int, seed: int, reward: str = "acc",
-                  lbound: float = 0.2, rbound: float = 1.0) -> BaselineResult:
+                  lbound: float = SearchConfig.lbound, rbound: float = SearchConfig.rbound) -> BaselineResult:
     """`episodes` episodes of uniformly random actions through the agent's own environment (same action
     wall, same reward); the episode with the highest reward wins. One evaluation per episode."""
     started = time.monotonic()
@@ -118,7 +119,7 @@ def random_search(task: Task, budget: Budget, episodes: int, seed: int, reward: 
                           episodes, time.monotonic() - started)
 
 
-def sensitivity_table(task: Task, ratios: Sequence[float] = DEFAULT_RATIOS, lbound: float = 0.2) -> SensitivityTable:
+def sensitivity_table(task: Task, ratios: Sequence[float] = DEFAULT_RATIOS, lbound: float = SearchConfig.lbound) -> SensitivityTable:
     """Evaluate the model with each group alone pruned to each ratio (see `SensitivityTable`)."""
     started = time.monotonic()
     grid = _grid(ratios)
@@ -184,7 +185,7 @@ def _most_sensitive_first(harm: np.ndarray) -> np.ndarray:
     return np.argsort(-harm.mean(axis=1), kind="stable")
 
 
-def sensitivity(task: Task, budget: Budget, ratios: Sequence[float] = DEFAULT_RATIOS, lbound: float = 0.2,
+def sensitivity(task: Task, budget: Budget, ratios: Sequence[float] = DEFAULT_RATIOS, lbound: float = SearchConfig.lbound,
                 *, table: SensitivityTable | None = None) -> BaselineResult:
     """Classic sensitivity analysis: a tolerated accuracy drop d gives every group the smallest ratio
     whose drop (alone, from `sensitivity_table`) is <= d; the smallest d whose policy meets the budget is
@@ -277,7 +278,7 @@ def dp_problem(task: Task, cost: CostFn, target: float, table: SensitivityTable,
     return DpProblem(counts, loss - table.dense.loss, savings, required)
 
 
-def dp(task: Task, budget: Budget, ratios: Sequence[float] = DEFAULT_RATIOS, lbound: float = 0.2,
+def dp(task: Task, budget: Budget, ratios: Sequence[float] = DEFAULT_RATIOS, lbound: float = SearchConfig.lbound,
        *, bins: int = DEFAULT_BINS, table: SensitivityTable | None = None) -> BaselineResult:
     """SPDY-style allocation: minimise the summed per-group loss increase under the additive cost model
     (`dp_problem`, `dp_allocate`). The additive model over-states the savings of groups that cut the same
@@ -325,7 +326,7 @@ BASELINES: dict[str, Callable[..., BaselineResult]] = {
 
 
 def run_baseline(method: str, task: Task, budget: Budget, *, episodes: int = 100, seed: int = 0,
-                 lbound: float = 0.2, rbound: float = 1.0, reward: str = "acc",
+                 lbound: float = SearchConfig.lbound, rbound: float = SearchConfig.rbound, reward: str = "acc",
                  ratios: Sequence[float] = DEFAULT_RATIOS, bins: int = DEFAULT_BINS) -> BaselineResult:
     """Run baseline `method` (a key of `BASELINES`) with the arguments that method takes: `episodes`,
     `seed`, `reward`, `rbound` for random search; `ratios` for sensitivity and dp; `bins` for dp."""

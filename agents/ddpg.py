@@ -23,6 +23,8 @@ from stable_baselines3.common.utils import update_learning_rate
 from stable_baselines3.common.vec_env import VecNormalize
 from stable_baselines3.td3.policies import Actor, TD3Policy
 
+from agents.config import ALGORITHMS
+
 
 def truncated_normal(mu: np.ndarray, sigma: float, low: float, high: float, rng: np.random.Generator) -> np.ndarray:
     """Samples of N(mu, sigma^2) truncated to [low, high], by rejection (falls back to clipping)."""
@@ -105,31 +107,22 @@ class BaselineReplayBuffer(ReplayBuffer):
 
 
 class AMCMixin:
-    """AMC's exploration and per-network learning rates for an SB3 off-policy algorithm.
+    """AMC's per-network learning rates and warm-up for an SB3 off-policy algorithm.
 
-    `warmup_episodes` episodes of uniform random actions come first (SB3's `learning_starts`, counted
-    in steps, is set from it by `make_agent`); then actions are drawn around the actor's.
+    Args (keyword, besides the algorithm's own):
+        actor_lr: the actor's learning rate (AMC: 1e-4); SB3's single `learning_rate` is not used.
+        critic_lr: the critic's (and SAC's entropy coefficient's) learning rate (AMC: 1e-3).
+        warmup_episodes: episodes of uniform random actions before any training (AMC: 100); SB3's
+            `learning_starts`, counted in steps, is set from it by `make_agent`.
+
+    Constructor arguments are instance attributes, so they round-trip through SB3's `save` / `load`.
     """
 
-    sigma0: float = 0.5
-    sigma_decay: float = 0.95
-    actor_lr: float = 1e-4
-    critic_lr: float = 1e-3
-    warmup_episodes: int = 100
-
-    def exploration_sigma(self) -> float:
-        """Standard deviation of the exploration noise for the current episode (action units)."""
-        return self.sigma0 * self.sigma_decay ** max(0, self._episode_num - self.warmup_episodes)
-
-    def _sample_action(
-        self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if self.num_timesteps < learning_starts or isinstance(self, SAC):
-            return super()._sample_action(learning_starts, action_noise, n_envs)
-        mu, _ = self.predict(self._last_obs, deterministic=True)
-        low, high = self.action_space.low, self.action_space.high
-        action = truncated_normal(mu, self.exploration_sigma(), low, high, self._noise_rng).astype(np.float32)
-        return action, self.policy.scale_action(action)
+    def __init__(self, *args: Any, actor_lr: float = 1e-4, critic_lr: float = 1e-3, warmup_episodes: int = 100,
+                 **kwargs: Any) -> None:
+        self.actor_lr, self.critic_lr, self.warmup_episodes = actor_lr, critic_lr, warmup_episodes
+        kwargs.setdefault("learning_rate", critic_lr)  # SB3 needs one; `_update_learning_rate` sets both
+        super().__init__(*args, **kwargs)
 
     def _update_learning_rate(self, optimizers: list[th.optim.Optimizer] | th.optim.Optimizer) -> None:
         if not isinstance(optimizers, list):
@@ -141,6 +134,33 @@ class AMCMixin:
         self.logger.record("train/actor_lr", self.actor_lr)
         self.logger.record("train/critic_lr", self.critic_lr)
 
+
+class TruncatedNormalExploration:
+    """AMC's exploration for a deterministic actor: after warm-up, actions are drawn from a normal around
+    the actor's action truncated to the action space, with sigma = sigma0 * sigma_decay^(episodes after
+    warm-up). SB3's `ActionNoise` cannot see the actor's action, so `_sample_action` is overridden.
+
+    Args (keyword): sigma0 (AMC: 0.5, in action units), sigma_decay (AMC: 0.95 per episode).
+    """
+
+    def __init__(self, *args: Any, sigma0: float = 0.5, sigma_decay: float = 0.95, **kwargs: Any) -> None:
+        self.sigma0, self.sigma_decay = sigma0, sigma_decay
+        super().__init__(*args, **kwargs)
+
+    def exploration_sigma(self) -> float:
+        """Standard deviation of the exploration noise for the current episode (action units)."""
+        return self.sigma0 * self.sigma_decay ** max(0, self._episode_num - self.warmup_episodes)
+
+    def _sample_action(
+        self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.num_timesteps < learning_starts:
+            return super()._sample_action(learning_starts, action_noise, n_envs)
+        mu, _ = self.predict(self._last_obs, deterministic=True)
+        low, high = self.action_space.low, self.action_space.high
+        action = truncated_normal(mu, self.exploration_sigma(), low, high, self._noise_rng).astype(np.float32)
+        return action, self.policy.scale_action(action)
+
     def set_random_seed(self, seed: int | None = None) -> None:
         super().set_random_seed(seed)
         self._noise_rng = np.random.default_rng(seed)
@@ -149,11 +169,11 @@ class AMCMixin:
         return [*super()._excluded_save_params(), "_noise_rng"]
 
 
-class AMCDDPG(AMCMixin, DDPG):
+class AMCDDPG(TruncatedNormalExploration, AMCMixin, DDPG):
     """DDPG as in AMC (the default)."""
 
 
-class AMCTD3(AMCMixin, TD3):
+class AMCTD3(TruncatedNormalExploration, AMCMixin, TD3):
     """TD3 with AMC's exploration, learning rates and warm-up."""
 
 
@@ -161,7 +181,7 @@ class AMCSAC(AMCMixin, SAC):
     """SAC with AMC's learning rates and warm-up; it explores with its own stochastic policy."""
 
 
-ALGORITHMS: dict[str, type[OffPolicyAlgorithm]] = {"ddpg": AMCDDPG, "td3": AMCTD3, "sac": AMCSAC}
+AGENTS: dict[str, type[OffPolicyAlgorithm]] = dict(zip(ALGORITHMS, (AMCDDPG, AMCTD3, AMCSAC)))
 
 
 def make_agent(
@@ -169,33 +189,35 @@ def make_agent(
     env: Any,
     n_steps_per_episode: int,
     *,
-    warmup_episodes: int = 100,
+    warmup_episodes: int,
     replay_episodes: int = 100,
     hidden: int = 300,
-    actor_lr: float = 1e-4,
-    critic_lr: float = 1e-3,
     tau: float = 0.01,
     gamma: float = 1.0,
     batch_size: int = 64,
-    sigma0: float = 0.5,
-    sigma_decay: float = 0.95,
     seed: int = 0,
     device: str = "cpu",
+    **amc: Any,
 ) -> OffPolicyAlgorithm:
-    """An SB3 agent with AMC's reference hyper-parameters (see `docs` in the README).
+    """An SB3 agent with AMC's reference hyper-parameters (He et al., ECCV 2018, section 4 and the reference
+    code): actor and critic 300-300, tau 0.01, discount 1, batch 64, replay of 100 episodes.
 
     Training happens after every episode, one gradient step per stored transition
     (`train_freq=(1, "episode")`, `gradient_steps=-1`); the replay buffer holds `replay_episodes`
     episodes and centres sampled rewards on a moving baseline; the first `warmup_episodes` episodes act
-    uniformly at random and do not train.
+    uniformly at random and do not train. `amc` passes AMC's own knobs to the algorithm's constructor
+    (`actor_lr`, `critic_lr`, and for ddpg / td3 `sigma0`, `sigma_decay`; defaults in `AMCMixin` and
+    `TruncatedNormalExploration`).
     """
-    if algo not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
-    cls = ALGORITHMS[algo]
-    kwargs: dict[str, Any] = dict(
-        learning_rate=critic_lr,
+    if algo not in AGENTS:
+        raise ValueError(f"unknown algorithm {algo!r}; choose one of {', '.join(AGENTS)}")
+    cls = AGENTS[algo]
+    return cls(
+        "MlpPolicy" if algo == "sac" else BoundedActorPolicy,
+        env,
         buffer_size=replay_episodes * n_steps_per_episode,
         learning_starts=warmup_episodes * n_steps_per_episode,
+        warmup_episodes=warmup_episodes,
         batch_size=batch_size,
         tau=tau,
         gamma=gamma,
@@ -206,8 +228,5 @@ def make_agent(
         seed=seed,
         device=device,
         verbose=0,
+        **amc,
     )
-    agent = cls("MlpPolicy" if algo == "sac" else BoundedActorPolicy, env, **kwargs)
-    agent.sigma0, agent.sigma_decay, agent.warmup_episodes = sigma0, sigma_decay, warmup_episodes
-    agent.actor_lr, agent.critic_lr = actor_lr, critic_lr
-    return agent

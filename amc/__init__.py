@@ -1,12 +1,13 @@
 """amc: AutoML for Model Compression. Reinforcement-learned channel pruning of trained CNNs.
 
-The main entry points, importable from the package itself:
+The data flow, one name per stage, importable from the package itself:
 
 - `create_model(spec)`: a registered CNN or your own `pkg.mod:factory` / `file.py:factory`;
 - `ChannelPruner(model, input_shape)`: the prunable channel groups, exact MAC/param model, pruning;
 - `Budget(kind, ratio)` and `Policy`: what to reach and how many channels each group keeps;
 - `prepare_task(...)`: model + data set up for a search, with the fast reward evaluation;
-- `load_model(path)`: a pruned model written by `amc apply`.
+- `apply_policy(task, policy)`: the physically pruned model (`PrunedModel`), `.save(path)` to one file;
+- `load_model(path)`: a pruned model written by `PrunedModel.save` or `amc apply`.
 
 They are imported on first use, so `import amc` (and the `amc` command's start) stays fast.
 """
@@ -19,22 +20,25 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Budget": "amc.budget",
-    "ChannelPruner": "amc.pruner",
+    "Budget": "amc.engine.budget",
+    "ChannelPruner": "amc.engine.pruner",
     "Policy": "amc.policy",
+    "PrunedModel": "amc.apply",
+    "apply_policy": "amc.apply",
     "create_model": "amc.models",
-    "load_model": "amc.pruned_model",
-    "prepare_task": "amc.task",
+    "load_model": "amc.models.pruned",
+    "prepare_task": "amc.reward",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from amc.budget import Budget  # noqa: F401
+    from amc.apply import PrunedModel, apply_policy  # noqa: F401
+    from amc.engine.budget import Budget  # noqa: F401
+    from amc.engine.pruner import ChannelPruner  # noqa: F401
     from amc.models import create_model  # noqa: F401
+    from amc.models.pruned import load_model  # noqa: F401
     from amc.policy import Policy  # noqa: F401
-    from amc.pruned_model import load_model  # noqa: F401
-    from amc.pruner import ChannelPruner  # noqa: F401
-    from amc.task import prepare_task  # noqa: F401
+    from amc.reward import prepare_task  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

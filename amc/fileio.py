@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,6 +55,13 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Write `obj` as JSON (indent 2, trailing newline) to `path` atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def atomic_copy(source: str | Path, path: str | Path) -> None:
+    """Copy the file `source` to `path` atomically (contents and permission bits)."""
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
+        shutil.copymode(source, tmp)
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:

@@ -25,14 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from amc.budget import Budget
-from amc.errors import AmcError
+from amc.engine.budget import Budget
+from amc.errors import AmcError, first
 from amc.fileio import atomic_write_json
-from amc.pruner import ChannelPruner
+from amc.engine.pruner import ChannelPruner
 
 POLICY_FORMAT = "amc-policy/1"
 _FIELDS = ("format", "model", "budget", "groups", "predicted")
-_SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -165,7 +164,7 @@ class Policy:
         if unknown:
             raise AmcError(
                 f"the policy (made for model {self.model}) names {len(unknown)} group(s) the model does not have: "
-                f"{_first(unknown)}; `amc profile --model MODEL` lists a model's groups"
+                f"{first(unknown)}; `amc profile --model MODEL` lists a model's groups"
             )
         counts = pruner.channels.copy()
         index = {name: i for i, name in enumerate(pruner.names)}
@@ -209,8 +208,3 @@ def _parse_groups(groups: Any, where: str) -> list[GroupKeep]:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _first(names: list[str]) -> str:
-    shown = ", ".join(names[:_SHOWN])
-    return shown if len(names) <= _SHOWN else f"{shown} (+{len(names) - _SHOWN} more)"

@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import report  # noqa: E402  (bench/report.py; puts the repository on sys.path)
+import common  # noqa: E402  (bench/common.py; puts the repository on sys.path)
 
 from agents.baselines import SensitivityTable, dp, run_baseline, sensitivity, sensitivity_table  # noqa: E402
 from agents.search import SearchConfig, run_search  # noqa: E402
-from amc.budget import Budget  # noqa: E402
+from amc.engine.budget import Budget  # noqa: E402
 from amc.fileio import atomic_write_json  # noqa: E402
 from amc.policy import Policy  # noqa: E402
-from amc.task import Task, prepare_task  # noqa: E402
+from amc.reward import Task, prepare_task  # noqa: E402
 
 METHODS = ("uniform", "random", "sensitivity", "dp", "amc")
 TABLES: dict[str, SensitivityTable] = {}
@@ -78,7 +78,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--weights", default=str(report.ROOT.parent / "shared" / "weights"))
+    parser.add_argument("--weights", default=str(common.ROOT.parent / "shared" / "weights"))
     parser.add_argument("--models", default="resnet20,resnet56")
     parser.add_argument("--budgets", default="0.5,0.3")
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--val-size", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--runs", default=str(report.ROOT / "runs"))
+    parser.add_argument("--runs", default=str(common.ROOT / "runs"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     parts = Path(args.runs) / "bench-baselines"
@@ -111,8 +111,8 @@ def main() -> None:
                 atomic_write_json(part, row)
                 print(json.dumps({k: v for k, v in row.items() if k != "counts"}), flush=True)
     rows = [json.loads(p.read_text()) for p in sorted(parts.glob("*.json"))]
-    summary = {"benchmark": "baselines", "command": report.command("baselines.py"), "seed": args.seed,
-               "machine": report.machine(args.threads), "episodes": args.episodes, "val_size": args.val_size,
+    summary = {"benchmark": "baselines", "command": common.command("baselines.py"), "seed": args.seed,
+               "machine": common.machine(args.threads), "episodes": args.episodes, "val_size": args.val_size,
                "rows": rows}
     lines = [
         "# AMC vs baselines (test accuracy %, no fine-tuning; val accuracy % on the reward split in brackets)",
@@ -130,8 +130,8 @@ def main() -> None:
             cells.append("-" if row is None else f"{100 * row['test_accuracy']:.2f} ({100 * row['val_accuracy']:.1f})")
         dense = next(r["dense_test_accuracy"] for r in rows if (r["model"], r["budget"]) == (model, ratio))
         lines.append(f"| {model} | {ratio:g} | {100 * dense:.2f} | " + " | ".join(cells) + " |")
-    report.write("baselines", summary, lines)
-    plot(rows, report.ROOT / "bench" / "results" / "baselines.png")
+    common.write("baselines", summary, lines)
+    plot(rows, common.ROOT / "bench" / "results" / "baselines.png")
 
 
 if __name__ == "__main__":

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-import report  # noqa: E402  (bench/report.py; puts the repository on sys.path)
+import common  # noqa: E402  (bench/common.py; puts the repository on sys.path)
 
-from amc.finetune import FinetuneConfig, finetune  # noqa: E402
-from amc.flops import count_macs_params  # noqa: E402
+from amc.train.finetune import FinetuneConfig, finetune  # noqa: E402
+from amc.engine.cost import count_macs_params  # noqa: E402
 from amc.policy import Policy  # noqa: E402
-from amc.task import prepare_task  # noqa: E402
+from amc.reward import prepare_task  # noqa: E402
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--distill-alpha", type=float, default=0.0,
                         help="weight of distillation from the dense model (0: plain cross-entropy)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--work", default=str(report.ROOT / "runs" / "bench-finetune"), help="fine-tuned models (resumable)")
+    parser.add_argument("--work", default=str(common.ROOT / "runs" / "bench-finetune"), help="fine-tuned models (resumable)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     task = prepare_task(args.model, args.checkpoint, "imagefolder", args.data_dir, val_size=args.val_size,
@@ -67,19 +67,19 @@ def main() -> None:
         macs, params = count_macs_params(model, shape)
         models.append(model)
         rows.append({"policy": name, "file": path, "test_accuracy_before_finetune": before,
-                     "test_accuracy": task.test_accuracy(model), "best_val_accuracy": result.best_val_acc,
+                     "test_accuracy": task.test_accuracy(model), "best_val_accuracy": result.best_val_accuracy,
                      "macs": macs, "params": params, "finetune_seconds": time.monotonic() - started})
         print(rows[-1], flush=True)
-    for row, timed in zip(rows, report.latencies(models, shape)):
+    for row, timed in zip(rows, common.latencies(models, shape)):
         row.update(timed)
     summary = {
         "benchmark": "finetune",
         "model": args.model,
-        "command": report.command("finetune.py"),
+        "command": common.command("finetune.py"),
         "seed": args.seed,
         "epochs": args.epochs,
         "distill_alpha": args.distill_alpha,
-        "machine": report.machine(args.threads),
+        "machine": common.machine(args.threads),
         "rows": rows,
     }
     lines = [
@@ -98,8 +98,8 @@ def main() -> None:
     for r in rows:
         before = f"{100 * r['test_accuracy_before_finetune']:.2f}" if "test_accuracy_before_finetune" in r else "-"
         lines.append(f"| {r['policy']} | {before} | {100 * r['test_accuracy']:.2f} | {r['macs']:,} | {r['params']:,} | "
-                     + report.latency_cells(r))
-    report.write(f"finetune_{args.model}", summary, lines)
+                     + common.latency_cells(r))
+    common.write(f"finetune_{args.model}", summary, lines)
 
 
 if __name__ == "__main__":

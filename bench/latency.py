@@ -1,7 +1,7 @@
 """Benchmark: how much CPU latency channel pruning can buy on this machine, against the MACs it removes.
 
 The model is pruned to uniform widths (every prunable group keeps a fraction `f` of its channels, at
-least one) and to the given policy files, then timed as deployed (`amc.evaluate.cpu_latencies`:
+least one) and to the given policy files, then timed as deployed (`amc.engine.measure.cpu_latencies`:
 BatchNorm folded into the convs, all models in interleaved rounds) at batch 1 and 64 in both memory
 layouts. Latency does not depend on the weights, so the models are untrained. The row that keeps one
 channel per group bounds what any policy can reach: the rest of the time is in layers that channel
@@ -18,13 +18,13 @@ import argparse
 import numpy as np
 import torch
 
-import report  # noqa: E402  (bench/report.py; puts the repository on sys.path)
+import common  # noqa: E402  (bench/common.py; puts the repository on sys.path)
 
-from amc.budget import ratio_counts  # noqa: E402
-from amc.flops import count_macs_params  # noqa: E402
+from amc.engine.budget import ratio_counts  # noqa: E402
+from amc.engine.cost import count_macs_params  # noqa: E402
 from amc.models import create_model  # noqa: E402
 from amc.policy import Policy  # noqa: E402
-from amc.pruner import ChannelPruner  # noqa: E402
+from amc.engine.pruner import ChannelPruner  # noqa: E402
 
 FRACTIONS = (1.0, 0.75, 0.5, 0.25, 0.0)  # 0: every group keeps one channel (its minimum)
 
@@ -44,7 +44,7 @@ def main() -> None:
     pruner = ChannelPruner(dense, shape, selection="l1")
 
     def pruned(counts: np.ndarray) -> torch.nn.Module:
-        return pruner.prune(pruner.keep_indices(dict(zip(pruner.names, counts.tolist()))), reconstruct=False)
+        return pruner.prune(pruner.kept_indices(counts), reconstruct=False)
 
     names = ["dense" if f == 1 else f"uniform {f:g}" if f > 0 else "one channel per group" for f in FRACTIONS]
     models = [pruned(ratio_counts(pruner, f)) for f in FRACTIONS]
@@ -54,10 +54,10 @@ def main() -> None:
         models.append(pruned(Policy.load(path).counts_for(pruner)))
     dense_macs = count_macs_params(dense, shape)[0]
     rows = [{"model": name, "macs_ratio": count_macs_params(m, shape)[0] / dense_macs, **timed}
-            for name, m, timed in zip(names, models, report.latencies(models, shape))]
+            for name, m, timed in zip(names, models, common.latencies(models, shape))]
 
-    summary = {"benchmark": "latency", "model": args.model, "command": report.command("latency.py"),
-               "seed": args.seed, "machine": report.machine(args.threads), "rows": rows}
+    summary = {"benchmark": "latency", "model": args.model, "command": common.command("latency.py"),
+               "seed": args.seed, "machine": common.machine(args.threads), "rows": rows}
     lines = [
         f"# {args.model}: CPU speed-up of channel pruning against MACs (untrained weights, BatchNorm folded)",
         "",
@@ -69,8 +69,8 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['macs_ratio']:.3f} | " + report.latency_cells(r))
-    report.write(f"latency_{args.model}", summary, lines)
+        lines.append(f"| {r['model']} | {r['macs_ratio']:.3f} | " + common.latency_cells(r))
+    common.write(f"latency_{args.model}", summary, lines)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-import report  # noqa: E402  (bench/report.py; puts the repository on sys.path)
+import common  # noqa: E402  (bench/common.py; puts the repository on sys.path)
 
-from amc.budget import uniform_counts  # noqa: E402
-from amc.flops import count_macs_params  # noqa: E402
-from amc.task import RewardEvaluator, prepare_task  # noqa: E402
+from amc.engine.budget import uniform_counts  # noqa: E402
+from amc.engine.cost import count_macs_params  # noqa: E402
+from amc.reward import RewardEvaluator, prepare_task  # noqa: E402
 
 VARIANTS = {  # name: (least-squares re-fit, BatchNorm re-estimation)
     "selection only": ("none", False),
@@ -35,7 +35,7 @@ VARIANTS = {  # name: (least-squares re-fit, BatchNorm re-estimation)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--weights", default=str(report.ROOT.parent / "shared" / "weights"))
+    parser.add_argument("--weights", default=str(common.ROOT.parent / "shared" / "weights"))
     parser.add_argument("--models", default="resnet20,resnet56")
     parser.add_argument("--target-flops", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
@@ -55,7 +55,7 @@ def main() -> None:
                "dense_macs": dense_macs}
         for name, (refit, bn) in VARIANTS.items():
             evaluator = base if refit == base.reconstruct and bn else RewardEvaluator(
-                pruner, base.val_x, base.val_y, bn_x=base.bn_x if bn else None, reconstruct=refit)
+                pruner, base.val_x, base.val_y, refit_x=base.refit_x if bn else None, reconstruct=refit)
             pruned = evaluator.prune(counts)
             row[name] = task.test_accuracy(pruned)
         macs, params = count_macs_params(pruned, task.model.input_shape)
@@ -67,9 +67,9 @@ def main() -> None:
         "benchmark": "reconstruction",
         "budget": {"kind": "flops", "ratio": args.target_flops},
         "policy": "uniform",
-        "command": report.command("reconstruction.py"),
+        "command": common.command("reconstruction.py"),
         "seed": args.seed,
-        "machine": report.machine(args.threads),
+        "machine": common.machine(args.threads),
         "results": results,
     }
     lines = [
@@ -88,7 +88,7 @@ def main() -> None:
         cells = " | ".join(f"{100 * row[name]:.2f}" for name in VARIANTS)
         lines.append(f"| {row['model']} | {row['selection']} | {100 * row['dense_test_accuracy']:.2f} | {cells} | "
                      f"{row['macs_ratio']:.4f} |")
-    report.write("reconstruction", summary, lines)
+    common.write("reconstruction", summary, lines)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import report  # noqa: E402  (bench/report.py; puts the repository on sys.path)
+import common  # noqa: E402  (bench/common.py; puts the repository on sys.path)
 
 from agents.search import SearchConfig  # noqa: E402
-from amc.budget import min_counts, ratio_counts, uniform_counts  # noqa: E402
-from amc.evaluate import accuracy  # noqa: E402
-from amc.task import Task, prepare_task  # noqa: E402
+from amc.engine.budget import min_counts, ratio_counts, uniform_counts  # noqa: E402
+from amc.engine.measure import accuracy  # noqa: E402
+from amc.reward import Task, prepare_task  # noqa: E402
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -123,8 +123,8 @@ def main() -> None:
         "run": run.name,
         "model": config.model,
         "search": {"episodes": config.episodes, "warmup": config.warmup, "reward_images": reward_images, "seed": config.seed},
-        "command": report.command("reward_vs_test.py"),
-        "machine": report.machine(args.threads),
+        "command": common.command("reward_vs_test.py"),
+        "machine": common.machine(args.threads),
         "uniform": {"val_accuracy": uniform_val, "test_accuracy": uniform_test, "counts": uniform.tolist()},
         "policies": policies,
         "spearman_all": spearman([p["val_accuracy"] for p in policies] + [uniform_val],
@@ -155,7 +155,7 @@ def main() -> None:
         "| step | reward-split acc (%) | test acc (%) |",
         "|---|---|---|",
     ] + [f"| {r['step']} | {100 * r['val_accuracy']:.2f} | {100 * r['test_accuracy']:.2f} |" for r in local]
-    report.write(f"reward_vs_test_{run.name}", summary, table)
+    common.write(f"reward_vs_test_{run.name}", summary, table)
 
 
 if __name__ == "__main__":

@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import report  # noqa: E402  (bench/report.py; puts the repository on sys.path)
+import common  # noqa: E402  (bench/common.py; puts the repository on sys.path)
 
 from agents.search import SearchConfig, run_search  # noqa: E402
-from amc.budget import uniform_counts  # noqa: E402
-from amc.evaluate import accuracy  # noqa: E402
+from amc.engine.budget import uniform_counts  # noqa: E402
+from amc.engine.measure import accuracy  # noqa: E402
 from amc.policy import Policy  # noqa: E402
-from amc.task import Task, prepare_task  # noqa: E402
+from amc.reward import Task, prepare_task  # noqa: E402
 
 
 def paired_timing(task: Task, counts: np.ndarray, repeats: int = 3) -> tuple[float, float]:
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--val-size", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--runs", default=str(report.ROOT / "runs"))
+    parser.add_argument("--runs", default=str(common.ROOT / "runs"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tag = f"{args.model}_f{round(100 * args.target_flops)}" + (f"_s{args.seed}" if args.seed else "")
@@ -89,9 +89,9 @@ def main() -> None:
         "benchmark": "search",
         "model": args.model,
         "budget": {"kind": "flops", "ratio": args.target_flops},
-        "command": report.command("search.py"),
+        "command": common.command("search.py"),
         "seed": args.seed,
-        "machine": report.machine(args.threads),
+        "machine": common.machine(args.threads),
         "episodes": result.episodes,
         "warmup": args.warmup,
         "val_size": args.val_size,
@@ -119,7 +119,7 @@ def main() -> None:
               f"{summary['search_seconds'] / 60:.1f} min. Measured back to back after the search (medians of 3): "
               f"one episode's evaluation {episode_eval_seconds:.2f} s, one dense forward pass over the reward split "
               f"{dense_val_seconds:.2f} s (ratio {episode_eval_seconds / dense_val_seconds:.2f})."]
-    report.write(f"search_{tag}", summary, table)
+    common.write(f"search_{tag}", summary, table)
 
 
 if __name__ == "__main__":

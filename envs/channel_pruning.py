@@ -9,12 +9,12 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from amc.budget import Budget, CostFn, check_reachable, cost_function, min_counts
-from amc.flops import group_costs
-from amc.pruner import ChannelPruner
-from amc.task import Evaluation
+from amc.engine.budget import Budget, CostFn, check_reachable, cost_function, min_counts, round_channels
+from amc.engine.cost import group_costs
+from amc.engine.pruner import ChannelPruner
+from amc.reward import Evaluation
+from envs import REWARDS
 
-REWARDS: tuple[str, ...] = ("acc", "flops", "params", "latency")
 N_FEATURES = 11
 
 
@@ -60,9 +60,9 @@ class ChannelPruningEnv(gym.Env):
         evaluate: Callable[[np.ndarray], Evaluation],
         budget: Budget,
         *,
+        lbound: float,
+        rbound: float,
         reward: str = "acc",
-        lbound: float = 0.2,
-        rbound: float = 1.0,
         fill_budget: bool = True,
         latency: CostFn | None = None,
     ) -> None:
@@ -104,7 +104,8 @@ class ChannelPruningEnv(gym.Env):
         later = self.group_cost[t + 1 :].sum() / self.dense_cost
         previous = self.counts[t - 1] / self.full[t - 1] if t > 0 else 1.0
         features = np.concatenate([self.static[t], [removed, min(later, 1.0), previous]])
-        return np.clip(features, 0.0, 1.0).astype(np.float32)
+        # every feature is in [0, 1] by construction; no clip, so a mis-scaled one shows in the tests
+        return features.astype(np.float32)
 
     def wall(self, t: int, wanted: int) -> int:
         """Channel count for group t nearest to `wanted` that keeps the budget reachable (see class doc)."""
@@ -131,7 +132,7 @@ class ChannelPruningEnv(gym.Env):
         a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
         ratio = self.lbound + a * (self.rbound - self.lbound)
         t = self.t
-        self.counts[t] = self.wall(t, int(math.floor(ratio * self.full[t] + 0.5)))
+        self.counts[t] = self.wall(t, int(round_channels(ratio * self.full[t])))
         self.t += 1
         if self.t < self.n_groups:
             # later groups count as whole until they are decided

@@ -11,7 +11,7 @@ from PIL import Image
 
 from amc.cli import main
 from amc.models import create_model
-from amc.zoo import digits_checkpoint
+from amc.models.zoo import digits_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,10 @@ from agents.baselines import (
     sensitivity_table,
     uniform,
 )
-from amc.budget import Budget, check_reachable, cost_function, min_counts
+from amc.engine.budget import Budget, check_reachable, cost_function, min_counts
 from amc.errors import AmcError
-from amc.task import prepare_task
-from amc.zoo import digits_checkpoint
+from amc.reward import prepare_task
+from amc.models.zoo import digits_checkpoint
 
 BUDGETS = [Budget("flops", 0.5), Budget("flops", 0.3), Budget("params", 0.5)]
 

@@ -14,17 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-import amc.data as data
-from amc.data import (
-    DATASETS,
-    ImageSet,
-    augment_crop_flip,
-    batches,
-    default_val_size,
-    load_dataset,
-    normalize,
-    split_train_val,
-)
+import amc.data.datasets as data
+from amc.data.datasets import DATASETS, ImageSet, batches, load_dataset
+from amc.data.split import default_val_size, split_train_val
+from amc.data.transforms import augment_crop_flip, normalize
 from amc.errors import AmcError
 
 

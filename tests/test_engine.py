@@ -12,15 +12,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from amc.budget import ratio_counts
-from amc.data import load_dataset, normalize
-from amc.evaluate import cpu_latency, inference_copy, recalibrate_batchnorm
-from amc.flops import count_macs_params
-from amc.groups import mask_copy, prune_copy
+from amc.engine.budget import ratio_counts
+from amc.data.datasets import load_dataset
+from amc.data.transforms import normalize
+from amc.engine.measure import cpu_latency, inference_copy
+from amc.engine.reconstruct import recalibrate_batchnorm
+from amc.engine.cost import count_macs_params
+from amc.engine.groups import mask_copy, prune_copy
 from amc.models import create_model
-from amc.pruner import ChannelPruner
-from amc.reconstruct import _patch_rows, greedy_order, refit
-from amc.task import RewardEvaluator
+from amc.engine.pruner import ChannelPruner
+from amc.engine.reconstruct import _patch_rows, greedy_order, refit
+from amc.reward import RewardEvaluator
 
 CIFAR_SHAPE = (3, 32, 32)
 USER_SHAPE = (3, 16, 16)
@@ -204,7 +206,7 @@ def test_least_squares_refit_reduces_output_error() -> None:
     model, x_train, x_test = train_digits_cnn()
     pruner = ChannelPruner(model, (1, 8, 8))
     pruner.calibrate(x_train.split(250))
-    keep = pruner.keep_indices(dict(zip(pruner.names, ratio_counts(pruner, 0.5).tolist())))
+    keep = pruner.kept_indices(ratio_counts(pruner, 0.5))
     with torch.no_grad():
         dense = model(x_test)
         refitted = F.mse_loss(pruner.prune(keep, reconstruct=True)(x_test), dense).item()
@@ -220,7 +222,7 @@ def test_sequential_refit_beats_the_gram_refit() -> None:
     errors = {}
     for counts in (ratio_counts(pruner, 0.4), ratio_counts(pruner, 0.6)):
         for method in ("gram", "sequential"):
-            evaluator = RewardEvaluator(pruner, x_test, labels, bn_x=x_train[:256], reconstruct=method)
+            evaluator = RewardEvaluator(pruner, x_test, labels, refit_x=x_train[:256], reconstruct=method)
             with torch.no_grad():
                 errors[method] = F.mse_loss(evaluator.prune(counts)(x_test), model(x_test)).item()
         assert errors["sequential"] < errors["gram"], errors
@@ -252,7 +254,7 @@ def test_least_squares_selection_beats_l1_selection() -> None:
     for selection in ("ls", "l1"):
         pruner = ChannelPruner(model, (1, 8, 8), selection=selection)
         pruner.calibrate(x_train.split(250))
-        keep = pruner.keep_indices(dict(zip(pruner.names, ratio_counts(pruner, 0.4).tolist())))
+        keep = pruner.kept_indices(ratio_counts(pruner, 0.4))
         with torch.no_grad():
             errors[selection] = F.mse_loss(pruner.prune(keep)(x_test), model(x_test)).item()
     assert errors["ls"] < errors["l1"]

@@ -7,11 +7,14 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers amc/ChannelPruning-v0)
-from amc.budget import Budget, uniform_counts
+from agents.config import SearchConfig
+from amc.engine.budget import Budget, uniform_counts
 from amc.models import create_model
-from amc.pruner import ChannelPruner
-from amc.task import Evaluation
+from amc.engine.pruner import ChannelPruner
+from amc.reward import Evaluation
 from envs.channel_pruning import ChannelPruningEnv
+
+BOUNDS = {"lbound": SearchConfig.lbound, "rbound": SearchConfig.rbound}  # AMC's preserve-ratio range
 
 
 def constant_eval(counts: np.ndarray) -> Evaluation:
@@ -43,7 +46,7 @@ ADVERSARIAL = [[1.0], [0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0, 0.0], [0.5]]
 @pytest.mark.parametrize("kind,ratio", [("flops", 0.5), ("flops", 0.3), ("params", 0.5)])
 def test_action_wall_never_exceeds_budget(pruners, model, kind, ratio):
     pruner = pruners[model]
-    env = ChannelPruningEnv(pruner, constant_eval, Budget(kind, ratio))
+    env = ChannelPruningEnv(pruner, constant_eval, Budget(kind, ratio), **BOUNDS)
     cost = pruner.cost.macs if kind == "flops" else pruner.cost.params
     dense = float(cost(pruner.channels))
     rng = np.random.default_rng(0)
@@ -63,7 +66,7 @@ def test_action_wall_never_exceeds_budget(pruners, model, kind, ratio):
 
 def test_wall_uses_budget_fully(pruners):
     pruner = pruners["resnet20"]
-    env = ChannelPruningEnv(pruner, constant_eval, Budget("flops", 0.5))
+    env = ChannelPruningEnv(pruner, constant_eval, Budget("flops", 0.5), **BOUNDS)
     for actions in ADVERSARIAL:
         ratio = run_episode(env, actions)["cost_ratio"]
         assert 0.49 <= ratio <= 0.5
@@ -75,11 +78,11 @@ def test_unreachable_budget_names_smallest(pruners):
     from amc.errors import AmcError
 
     with pytest.raises(AmcError, match="at least"):
-        ChannelPruningEnv(pruners["resnet20"], constant_eval, Budget("flops", 0.01))
+        ChannelPruningEnv(pruners["resnet20"], constant_eval, Budget("flops", 0.01), **BOUNDS)
 
 
 def test_env_is_deterministic(pruners):
-    env = ChannelPruningEnv(pruners["resnet20"], constant_eval, Budget("flops", 0.5))
+    env = ChannelPruningEnv(pruners["resnet20"], constant_eval, Budget("flops", 0.5), **BOUNDS)
     actions = list(np.random.default_rng(1).random(env.n_groups))
     first_obs = [env.reset(seed=3)[0]]
     first = run_episode(env, actions)
@@ -89,42 +92,52 @@ def test_env_is_deterministic(pruners):
     assert first == second
 
 
-def test_observations_in_box(pruners):
-    env = ChannelPruningEnv(pruners["mobilenetv2"], constant_eval, Budget("flops", 0.5))
-    obs, _ = env.reset(seed=0)
-    for _ in range(env.n_groups):
-        assert env.observation_space.contains(obs)
-        obs, *_ = env.step(env.action_space.sample())
-    assert env.observation_space.contains(obs)
+@pytest.mark.parametrize("model", ["digits_cnn", "resnet20", "mobilenetv2"])
+def test_observations_in_box(pruners, model):
+    """Every feature lies in [0, 1] by construction (the env does not clip), over adversarial and random
+    episodes at a tight and a loose budget; the index feature runs 0 -> 1 over an episode."""
+    for ratio in (0.3, 0.9):
+        env = ChannelPruningEnv(pruners[model], constant_eval, Budget("flops", ratio), **BOUNDS)
+        rng = np.random.default_rng(0)
+        for actions in ADVERSARIAL + [list(rng.random(env.n_groups)) for _ in range(5)]:
+            obs, _ = env.reset(seed=0)
+            seen = [obs]
+            for t in range(env.n_groups):
+                obs, *_ = env.step(np.array([actions[t % len(actions)]], dtype=np.float32))
+                seen.append(obs)
+            seen = np.stack(seen)
+            assert seen.dtype == np.float32 and seen.shape[1:] == env.observation_space.shape
+            assert seen.min() >= 0.0 and seen.max() <= 1.0, seen[(seen < 0).any(1) | (seen > 1).any(1)]
+            assert seen[0, 0] == 0.0 and seen[-2, 0] == 1.0
 
 
 def test_check_env_and_registration(pruners):
     import gymnasium
 
     env = gymnasium.make("amc/ChannelPruning-v0", pruner=pruners["digits_cnn"], evaluate=constant_eval,
-                         budget=Budget("flops", 0.5))
+                         budget=Budget("flops", 0.5), **BOUNDS)
     check_env(env.unwrapped)
 
 
 @pytest.mark.parametrize("reward", ["acc", "flops", "params"])
 def test_rewards(pruners, reward):
-    env = ChannelPruningEnv(pruners["digits_cnn"], constant_eval, Budget("flops", 0.5), reward=reward)
+    env = ChannelPruningEnv(pruners["digits_cnn"], constant_eval, Budget("flops", 0.5), **BOUNDS, reward=reward)
     info = run_episode(env, [0.5])
     expected = {"acc": 0.5, "flops": -0.5 * np.log(info["macs"]), "params": -0.5 * np.log(info["params"])}[reward]
     assert info["reward"] == pytest.approx(expected)
 
 
 def test_latency_budget_and_reward(pruners):
-    from amc.latency import LatencyTable
+    from amc.engine.latency import LatencyTable
 
     pruner = pruners["resnet20"]
     table = LatencyTable.measure(pruner, points=3, min_run_time=0.01)
     assert table(pruner.channels) == pytest.approx(table.dense)
     assert table(np.maximum(1, pruner.channels // 4)) < table.dense
-    lower = ChannelPruningEnv(pruner, constant_eval, Budget("flops", 0.5)).lower
+    lower = ChannelPruningEnv(pruner, constant_eval, Budget("flops", 0.5), **BOUNDS).lower
     smallest = table(lower) / table.dense
     ratio = min(1.0, smallest + 0.5 * (1 - smallest))  # halfway between the smallest model and dense
-    env = ChannelPruningEnv(pruner, constant_eval, Budget("latency", ratio), reward="latency", latency=table)
+    env = ChannelPruningEnv(pruner, constant_eval, Budget("latency", ratio), **BOUNDS, reward="latency", latency=table)
     for actions in ADVERSARIAL:
         info = run_episode(env, actions)
         assert table(np.array(info["counts"])) <= ratio * table.dense
@@ -133,7 +146,7 @@ def test_latency_budget_and_reward(pruners):
 
 
 def test_latency_table_in_channels_last_at_a_batch(pruners):
-    from amc.latency import LatencyTable
+    from amc.engine.latency import LatencyTable
 
     pruner = pruners["resnet20"]
     table = LatencyTable.measure(pruner, batch_size=4, channels_last=True, points=2, min_run_time=0.01)

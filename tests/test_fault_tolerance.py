@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from amc.zoo import digits_checkpoint
+from amc.models.zoo import digits_checkpoint
 
 EPISODES, WARMUP = 40, 10
 

@@ -15,13 +15,14 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-import amc.data
-import amc.finetune
-from amc.data import ImageSet, default_val_size, load_dataset, split_train_val
+import amc.data.datasets
+import amc.train.finetune
+from amc.data.datasets import ImageSet, load_dataset
+from amc.data.split import default_val_size, split_train_val
 from amc.errors import AmcError
 from amc.export import export_onnx, export_torchscript
 from amc.fileio import atomic_path
-from amc.finetune import FinetuneConfig, finetune, last_checkpoint_path
+from amc.train.finetune import FinetuneConfig, finetune, last_checkpoint_path
 from amc.models import create_model, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,14 +49,14 @@ def same_weights(a: nn.Module, b: nn.Module) -> bool:
 
 
 @pytest.fixture(scope="module")
-def trained(digits) -> tuple[nn.Module, amc.finetune.FinetuneResult]:
+def trained(digits) -> tuple[nn.Module, amc.train.finetune.FinetuneResult]:
     """The digits CNN fine-tuned from random init with FAST."""
     model = fresh_model()
     return model, finetune(model, *digits, FAST, progress=False)
 
 
 @pytest.fixture(scope="module")
-def four_epochs(digits) -> tuple[nn.Module, amc.finetune.FinetuneResult]:
+def four_epochs(digits) -> tuple[nn.Module, amc.train.finetune.FinetuneResult]:
     """An uninterrupted 4-epoch run, the reference for the resume tests."""
     model = fresh_model()
     return model, finetune(model, *digits, FinetuneConfig(epochs=4, batch_size=64, lr=0.1), progress=False)
@@ -63,10 +64,10 @@ def four_epochs(digits) -> tuple[nn.Module, amc.finetune.FinetuneResult]:
 
 def test_digits_from_scratch_beats_80_percent(trained) -> None:
     _, result = trained
-    assert result.last_val_acc > 0.8
-    assert result.best_val_acc == max(h["val_acc"] for h in result.history) >= result.last_val_acc
+    assert result.last_val_accuracy > 0.8
+    assert result.best_val_accuracy == max(h["val_accuracy"] for h in result.history) >= result.last_val_accuracy
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
-    assert result.history[result.best_epoch - 1]["val_acc"] == result.best_val_acc
+    assert result.history[result.best_epoch - 1]["val_accuracy"] == result.best_val_accuracy
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
 
 
@@ -115,14 +116,14 @@ def test_resume_after_interruption_equals_uninterrupted_run(digits, four_epochs,
     reference, expected = four_epochs
     out = tmp_path / "run.pt"
     config = FinetuneConfig(epochs=4, batch_size=64, lr=0.1)
-    save_last = amc.finetune._save_last
+    save_last = amc.train.finetune._save_last
 
     def killed_after_epoch_2(path, model, optimizer, history, *args, **kwargs):
         save_last(path, model, optimizer, history, *args, **kwargs)
         if len(history) == 2:
             raise Killed
 
-    monkeypatch.setattr(amc.finetune, "_save_last", killed_after_epoch_2)
+    monkeypatch.setattr(amc.train.finetune, "_save_last", killed_after_epoch_2)
     with pytest.raises(Killed):
         finetune(fresh_model(), *digits, config, out=out, progress=False)
     monkeypatch.undo()
@@ -135,7 +136,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(digits, four_epochs,
     assert same_weights(model, reference)
     strip = [{k: v for k, v in h.items() if k != "seconds"} for h in result.history]
     assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in expected.history]
-    assert (result.best_val_acc, result.best_epoch) == (expected.best_val_acc, expected.best_epoch)
+    assert (result.best_val_accuracy, result.best_epoch) == (expected.best_val_accuracy, expected.best_epoch)
 
 
 def test_resume_with_more_epochs_extends_the_run(digits, four_epochs, tmp_path) -> None:
@@ -151,7 +152,7 @@ def test_resume_with_more_epochs_extends_the_run(digits, four_epochs, tmp_path) 
     # so the weights cannot equal the uninterrupted 4-epoch run's, not even approximately.
     assert [h["lr"] for h in result.history[2:]] == [h["lr"] for h in expected.history[2:]]
     assert not same_weights(model, reference)
-    assert result.last_val_acc > 0.8
+    assert result.last_val_accuracy > 0.8
 
     with pytest.raises(AmcError, match="lr=0.1"):
         finetune(fresh_model(), *digits, FinetuneConfig(epochs=5, batch_size=64, lr=0.2), out=out, resume=True,
@@ -169,7 +170,7 @@ def test_distillation_changes_the_loss_and_leaves_the_teacher_alone(digits, trai
     distilled = finetune(fresh_model(), *digits, config, teacher=teacher, progress=False)
     loss_plain, loss_distilled = plain.history[0]["train_loss"], distilled.history[0]["train_loss"]
     assert torch.isfinite(torch.tensor(loss_distilled)) and loss_distilled != loss_plain
-    assert distilled.last_val_acc > 0.5
+    assert distilled.last_val_accuracy > 0.5
     assert same_weights(teacher, teacher_before)
     with pytest.raises(AmcError, match="teacher"):
         finetune(fresh_model(), *digits, config, progress=False)
@@ -177,13 +178,13 @@ def test_distillation_changes_the_loss_and_leaves_the_teacher_alone(digits, trai
 
 def test_augmentation_only_for_images_of_32_px_or_more(digits, monkeypatch) -> None:
     calls: list[tuple[int, ...]] = []
-    real = amc.data.augment_crop_flip
+    real = amc.data.datasets.augment_crop_flip
 
     def recording(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
         calls.append(tuple(images.shape[1:]))
         return real(images, generator, padding)
 
-    monkeypatch.setattr(amc.data, "augment_crop_flip", recording)
+    monkeypatch.setattr(amc.data.datasets, "augment_crop_flip", recording)
     config = FinetuneConfig(epochs=1, batch_size=64, lr=0.1)
     finetune(fresh_model(), *digits, config, progress=False)
     assert calls == []
@@ -193,7 +194,7 @@ def test_augmentation_only_for_images_of_32_px_or_more(digits, monkeypatch) -> N
     tiny(torch.zeros(1, 3, 32, 32))  # materialize the lazy layer
     result = finetune(tiny, synthetic.train, synthetic.test, synthetic.mean, synthetic.std, config, progress=False)
     assert calls and set(calls) == {(3, 32, 32)}
-    assert result.last_val_acc > 0.2  # 10 classes: well above chance after one epoch
+    assert result.last_val_accuracy > 0.2  # 10 classes: well above chance after one epoch
 
 
 def test_bad_settings_are_one_line_errors(digits) -> None:
@@ -213,8 +214,9 @@ DDP_SCRIPT = textwrap.dedent(
     import torch
 
     torch.set_num_threads(1)
-    import amc.finetune as ft
-    from amc.data import default_val_size, load_dataset, split_train_val
+    import amc.train.finetune as ft
+    from amc.data.datasets import load_dataset
+    from amc.data.split import default_val_size, split_train_val
     from amc.models import create_model
 
     out_dir, rank = Path(sys.argv[1]), int(os.environ["RANK"])
@@ -239,7 +241,7 @@ DDP_SCRIPT = textwrap.dedent(
     config = ft.FinetuneConfig(epochs=1, batch_size=64, lr=0.1)
     result = ft.finetune(model, train, val, ds.mean, ds.std, config, out=out_dir / "ddp.pt", progress=False)
     weights = hashlib.sha1(b"".join(t.numpy().tobytes() for t in model.state_dict().values())).hexdigest()
-    record = {"seen": seen, "n_train": len(train), "val_acc": result.last_val_acc, "weights": weights}
+    record = {"seen": seen, "n_train": len(train), "val_accuracy": result.last_val_accuracy, "weights": weights}
     (out_dir / f"rank{rank}.json").write_text(json.dumps(record))
     """
 )
@@ -266,7 +268,7 @@ def test_torchrun_two_processes_train_on_disjoint_shards(tmp_path: Path) -> None
     assert not seen[0] & seen[1]
     # Gradients are averaged and BatchNorm statistics come from rank 0: both ranks end identical.
     assert ranks[0]["weights"] == ranks[1]["weights"]
-    assert ranks[0]["val_acc"] == ranks[1]["val_acc"] > 0.5
+    assert ranks[0]["val_accuracy"] == ranks[1]["val_accuracy"] > 0.5
     reloaded = create_model("digits_cnn")
     load_checkpoint(reloaded, tmp_path / "ddp.pt")
 

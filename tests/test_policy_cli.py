@@ -12,14 +12,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from amc.budget import Budget
+from amc.engine.budget import Budget
 from amc.cli import main
 from amc.errors import AmcError
-from amc.flops import count_macs_params
+from amc.engine.cost import count_macs_params
 from amc.models import create_model
 from amc.policy import GroupKeep, Policy
-from amc.pruned_model import load_model, read_model_info, save_pruned
-from amc.pruner import ChannelPruner
+from amc.models.pruned import load_model, read_model_info, save_pruned
+from amc.engine.pruner import ChannelPruner
 
 DIGITS_SHAPE = (1, 8, 8)
 WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights"

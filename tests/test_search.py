@@ -14,12 +14,15 @@ from stable_baselines3.common.logger import Logger
 
 from agents.ddpg import BaselineReplayBuffer, InvertingGradientClip, make_agent, truncated_normal
 from agents.search import SearchConfig, policy_from_agent, run_search
-from amc.budget import Budget
+from agents.config import SearchConfig
+from amc.engine.budget import Budget
 from amc.errors import AmcError
 from amc.policy import Policy
-from amc.task import prepare_task
-from amc.zoo import digits_checkpoint
+from amc.reward import prepare_task
+from amc.models.zoo import digits_checkpoint
 from envs.channel_pruning import ChannelPruningEnv
+
+BOUNDS = {"lbound": SearchConfig.lbound, "rbound": SearchConfig.rbound}  # AMC's preserve-ratio range
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +123,7 @@ def test_actor_output_can_leave_a_bound():
 
 
 def test_agent_is_configured_as_amc(task):
-    env = ChannelPruningEnv(task.pruner, task.evaluator, Budget("flops", 0.5))
+    env = ChannelPruningEnv(task.pruner, task.evaluator, Budget("flops", 0.5), **BOUNDS)
     agent = make_agent("ddpg", env, env.n_groups, warmup_episodes=100)
     assert agent.learning_starts == 100 * env.n_groups
     assert agent.replay_buffer.buffer_size == 100 * env.n_groups
@@ -137,7 +140,7 @@ def test_agent_is_configured_as_amc(task):
 
 
 def test_replay_rewards_are_centred_on_one_moving_baseline(task):
-    env = ChannelPruningEnv(task.pruner, task.evaluator, Budget("flops", 0.5))
+    env = ChannelPruningEnv(task.pruner, task.evaluator, Budget("flops", 0.5), **BOUNDS)
     buffer = make_agent("ddpg", env, env.n_groups).replay_buffer
     obs, action = np.zeros((1, 11), np.float32), np.zeros((1, 1), np.float32)
     for reward in (0.7, 0.9):  # two stored episodes of 10 transitions each

@@ -10,14 +10,13 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from amc.errors import AmcError
+from amc.errors import AmcError, first
 
 # Keys under which common training scripts nest the state dict, tried in order.
 _STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")
 # Optional facts about the training set-up that callers need before building the model or the data.
 _METADATA_KEYS = ("mean", "std", "num_classes", "arch")
 _DDP_PREFIX = "module."
-_SHOWN_KEYS = 3
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -125,13 +124,8 @@ def _describe_mismatch(expected: Mapping[str, Tensor], found: Mapping[str, Tenso
         if k in found and found[k].shape != expected[k].shape
     ]
     parts = [
-        f"{label} {_first(keys)}"
+        f"{label} {first(keys)}"
         for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped))
         if keys
     ]
     return "; ".join(parts)
-
-
-def _first(items: list[str]) -> str:
-    shown = ", ".join(items[:_SHOWN_KEYS])
-    return shown if len(items) <= _SHOWN_KEYS else f"{shown} (+{len(items) - _SHOWN_KEYS} more)"

@@ -13,7 +13,7 @@ from typing import Callable, TypeVar
 
 import torch.nn as nn
 
-from amc.errors import AmcError
+from amc.errors import AmcError, one_line
 
 ModelFactory = Callable[..., nn.Module]
 FactoryT = TypeVar("FactoryT", bound=ModelFactory)
@@ -86,7 +86,7 @@ def _call_factory(factory: ModelFactory, spec: str, kwargs: dict[str, int]) -> n
     try:
         model = factory(**kwargs)
     except Exception as exc:
-        raise AmcError(f"model factory {spec} failed: {_one_line(exc)}; fix the factory or pick another model") from exc
+        raise AmcError(f"model factory {spec} failed: {one_line(exc)}; fix the factory or pick another model") from exc
     if not isinstance(model, nn.Module):
         raise AmcError(
             f"model factory {spec} returned {type(model).__name__}, not a torch.nn.Module; make it return the model"
@@ -99,7 +99,7 @@ def _import_module(name: str, spec: str) -> ModuleType:
         return importlib.import_module(name)
     except Exception as exc:
         raise AmcError(
-            f"model spec {spec}: cannot import module {name!r} ({_one_line(exc)}); "
+            f"model spec {spec}: cannot import module {name!r} ({one_line(exc)}); "
             "install it or give a file instead as path/to/file.py:factory"
         ) from exc
 
@@ -120,10 +120,5 @@ def _load_file(location: str, spec: str) -> ModuleType:
         module_spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        raise AmcError(f"model spec {spec}: running {location} failed: {_one_line(exc)}; fix the file") from exc
+        raise AmcError(f"model spec {spec}: running {location} failed: {one_line(exc)}; fix the file") from exc
     return module
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -11,38 +11,17 @@ removal the re-fit compensates best, from the calibration statistics) or by a we
 from __future__ import annotations
 
 import copy
-from typing import Iterable, Literal, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from amc.flops import CostModel
-from amc.groups import ChannelGroup, find_groups, prune_
-from amc.reconstruct import collect_grams, greedy_order, refit
-
-Selection = Literal["ls", "l1", "l2", "bn"]
-SELECTIONS: tuple[str, ...] = ("ls", "l1", "l2", "bn")
-
-
-def channel_importance(model: nn.Module, group: ChannelGroup, method: Selection = "l1") -> torch.Tensor:
-    """Weight-norm importance of each root channel of `group`, shape [channels].
-
-    `l1` / `l2`: norm of the consuming layers' weights over the channel (AMC's reference uses l1);
-    `bn`: absolute BatchNorm scale of the channel.
-    """
-    modules = dict(model.named_modules())
-    score = torch.zeros(group.channels, dtype=torch.float64)
-    wanted = "norm" if method == "bn" else "in"
-    for item in group.items:
-        if item.kind != wanted:
-            continue
-        weight = modules[item.module].weight.detach().double()
-        for idx, root in zip(item.idxs, item.root_idxs):
-            w = weight[idx] if method == "bn" else weight[:, idx]
-            score[root] += w.abs().sum() if method != "l2" else w.pow(2).sum()
-    return score
-
+from amc.engine.cost import CostModel
+from amc.engine.groups import ChannelGroup, find_groups, prune_
+from amc.engine import SELECTIONS, Selection
+from amc.engine.ranking import least_squares_ranking, norm_ranking
+from amc.engine.reconstruct import collect_grams, refit
 
 def _input_columns(layer: nn.Module, group: ChannelGroup) -> list[torch.Tensor]:
     """The columns of the consumer's flattened weight [O, D] fed by each root channel of `group`: a
@@ -78,11 +57,9 @@ class ChannelPruner:
         self.groups, self.layers = find_groups(model, example, ignored=ignored)
         self.cost = CostModel(model, self.groups, self.layers)
         self.selection = selection
+        # `ls` needs calibration statistics: until `calibrate` (and for groups it cannot rank) it is l1.
         norm = "l1" if selection == "ls" else selection
-        self.ranking = {
-            g.name: torch.argsort(channel_importance(model, g, norm), descending=True, stable=True)
-            for g in self.groups
-        }
+        self.ranking = {g.name: norm_ranking(model, g, norm) for g in self.groups}
         self.grams: dict[str, torch.Tensor] = {}
         modules = dict(model.named_modules())
         self.blocks = {g.name: _input_columns(modules[g.consumer], g) for g in self.groups if g.consumer is not None}
@@ -111,15 +88,18 @@ class ChannelPruner:
             for group in self.groups:
                 blocks = self.blocks.get(group.name, [])
                 if blocks and len({len(b) for b in blocks}) == 1:
-                    weight = modules[group.consumer].weight.detach()
-                    self.ranking[group.name] = greedy_order(
-                        weight.reshape(len(weight), -1), self.grams[group.consumer], torch.stack(blocks))
+                    self.ranking[group.name] = least_squares_ranking(
+                        modules[group.consumer], self.grams[group.consumer], blocks)
 
-    def keep_indices(self, counts: Mapping[str, int]) -> dict[str, torch.Tensor]:
-        """The `counts[name]` highest-ranked channels of each group, as sorted index tensors."""
+    def kept_indices(self, counts: np.ndarray | Sequence[int]) -> dict[str, torch.Tensor]:
+        """The `counts[i]` highest-ranked channels of group i (counts: ints, shape [G], in `names` order),
+        as sorted root-index tensors keyed by group name: the `kept_idx` argument of `prune`."""
         if self.selection == "ls" and not self.grams:
             raise RuntimeError("least-squares channel selection needs calibrate() first")
-        return {name: self.ranking[name][: int(n)].sort().values for name, n in counts.items()}
+        counts = np.asarray(counts)
+        if counts.shape != self.channels.shape:
+            raise ValueError(f"counts has shape {counts.shape}; the model has {len(self.names)} groups")
+        return {name: self.ranking[name][: int(n)].sort().values for name, n in zip(self.names, counts.tolist())}
 
     def kept_outputs(self, keep: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Original indices of the output channels each layer keeps under `keep` (sorted), for the layers

@@ -16,14 +16,15 @@ outputs at the same sampled positions; BatchNorm statistics are re-estimated in 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from amc.evaluate import reestimating_batchnorm
+from amc.engine.hooks import forward_hooks
 
 
 def _rows(module: nn.Module, x: torch.Tensor, positions: int, generator: torch.Generator) -> torch.Tensor:
@@ -62,21 +63,16 @@ def collect_grams(
             grams[name] = grams[name] + gram if name in grams else gram
         return accumulate
 
-    handles = [modules[name].register_forward_hook(hook(name)) for name in consumers]
     model.eval()
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                model(batch)
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks({modules[name]: hook(name) for name in consumers}), torch.no_grad():
+        for batch in batches:
+            model(batch)
     return grams
 
 
-def _ridged(gram: torch.Tensor) -> torch.Tensor:
-    """`gram` + a small ridge (1e-6 of its mean diagonal) on the diagonal, so a rank-deficient G solves."""
-    ridge = 1e-6 * gram.diagonal().mean().clamp_min(1e-12)
+def _ridged(gram: torch.Tensor, scale: float = 1e-6) -> torch.Tensor:
+    """`gram` + a ridge of `scale` times its mean diagonal on the diagonal, so a rank-deficient G solves."""
+    ridge = scale * gram.diagonal().mean().clamp_min(1e-12)
     return gram + ridge * torch.eye(len(gram), dtype=gram.dtype)
 
 
@@ -189,13 +185,9 @@ def collect_targets(model: nn.Module, consumers: Iterable[str], x: torch.Tensor,
             targets[name] = Target(pick, sampled.transpose(1, 2).reshape(-1, out_channels).float())
         return record
 
-    handles = [conv.register_forward_hook(hook(name)) for name, conv in _convs(model, consumers).items()]
     model.eval()
-    try:
+    with forward_hooks({conv: hook(name) for name, conv in _convs(model, consumers).items()}):
         model(x)
-    finally:
-        for h in handles:
-            h.remove()
     return targets
 
 
@@ -216,8 +208,7 @@ def refit_sequentially(model: nn.Module, targets: dict[str, Target], x: torch.Te
     def hook(name: str):
         def refit_input(conv: nn.Conv2d, inputs: tuple[torch.Tensor, ...]) -> None:
             rows = _patch_rows(conv, inputs[0], targets[name].positions)
-            gram = (rows.T @ rows).double()
-            gram += ridge * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(len(gram), dtype=gram.dtype)
+            gram = _ridged((rows.T @ rows).double(), ridge)
             output = targets[name].output
             if name in kept_outputs:
                 output = output[:, kept_outputs[name]]
@@ -230,10 +221,40 @@ def refit_sequentially(model: nn.Module, targets: dict[str, Target], x: torch.Te
                 conv.weight.copy_(solved.reshape(conv.weight.shape))
         return refit_input
 
-    handles = [conv.register_forward_pre_hook(hook(name)) for name, conv in _convs(model, targets).items()]
-    try:
+    with forward_hooks({conv: hook(name) for name, conv in _convs(model, targets).items()}, pre=True):
         with reestimating_batchnorm(model):
             model(x)
+
+
+@contextmanager
+def reestimating_batchnorm(model: nn.Module) -> Iterator[None]:
+    """Inside the block, every BatchNorm of `model` starts from empty statistics and averages those of all
+    the batches it sees (momentum None); only the BatchNorms run in training mode (dropout stays off).
+    Afterwards the model is in eval mode with the new statistics."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        yield
     finally:
-        for h in handles:
-            h.remove()
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+        model.eval()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> None:
+    """Re-estimate every BatchNorm's running mean and variance on `inputs` (normalized images).
+
+    Pruning shifts the statistics that reach later BatchNorms; a few training batches fix them
+    (`reestimating_batchnorm`); the model is left in eval mode.
+    """
+    if len(inputs) == 0 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    with reestimating_batchnorm(model):
+        for start in range(0, len(inputs), batch_size):
+            model(inputs[start : start + batch_size])

@@ -9,59 +9,25 @@ network's own inputs), re-estimate BatchNorm, measure accuracy on `val`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from amc.augment import normalize, to_channels_last
-from amc.data import Dataset, default_val_size, load_dataset, split_train_val
+from amc.data.datasets import Dataset, load_dataset
+from amc.data.split import split_train_val
+from amc.data.transforms import normalize
+from amc.engine.measure import accuracy, to_channels_last
+from amc.engine import Selection
+from amc.engine.pruner import ChannelPruner
+from amc.engine.reconstruct import Target, collect_targets, recalibrate_batchnorm, refit_sequentially
 from amc.errors import AmcError
-from amc.evaluate import accuracy, recalibrate_batchnorm
-from amc.models import create_model, load_checkpoint, read_checkpoint
-from amc.pruner import ChannelPruner, Selection
-from amc.reconstruct import Target, collect_targets, refit_sequentially
+from amc.models.trained import TrainedModel, load_trained_model
 
 Reconstruction = Literal["sequential", "gram", "none"]
-
-
-@dataclass
-class TrainedModel:
-    """A model with the facts needed to feed it: `spec` (registry name or factory), input shape
-    (C, H, W), per-channel `mean` / `std` of inputs scaled to [0, 1], and the number of classes."""
-
-    module: nn.Module
-    spec: str
-    num_classes: int | None
-    input_shape: tuple[int, int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-
-def load_trained_model(
-    spec: str,
-    checkpoint: str | Path | None,
-    *,
-    dataset: Dataset | None = None,
-    input_shape: Sequence[int] = (3, 32, 32),
-) -> TrainedModel:
-    """Build `spec` and load `checkpoint`; checkpoint metadata (num_classes, mean, std) wins over the
-    dataset's defaults. Without a dataset, `input_shape` is used and mean/std are 0/1."""
-    meta: dict = {}
-    if checkpoint is not None:
-        _, meta = read_checkpoint(checkpoint)
-    num_classes = meta.get("num_classes") or (dataset.num_classes if dataset else None)
-    module = create_model(spec, num_classes)
-    if checkpoint is not None:
-        load_checkpoint(module, checkpoint, spec)
-    channels = dataset.image_shape[0] if dataset else input_shape[0]
-    mean = tuple(meta.get("mean") or (dataset.mean if dataset else (0.0,) * channels))
-    std = tuple(meta.get("std") or (dataset.std if dataset else (1.0,) * channels))
-    shape = tuple(dataset.image_shape) if dataset else tuple(int(d) for d in input_shape)
-    return TrainedModel(module.eval(), spec, num_classes, shape, mean, std)
 
 
 @dataclass
@@ -75,11 +41,11 @@ class Evaluation:
 class RewardEvaluator:
     """Scores kept channel counts by the accuracy of the pruned, re-fitted model on `val`.
 
-    `val_x` [N, C, H, W] are normalized val images, `val_y` [N] labels; `bn_x` are normalized TRAIN
+    `val_x` [N, C, H, W] are normalized val images, `val_y` [N] labels; `refit_x` are normalized TRAIN
     images on which the pruned network is re-fitted and its BatchNorm statistics re-estimated (None:
     keep the original statistics). `reconstruct` picks the re-fit of the layers that consume pruned
-    channels: `sequential` (the default; needs `bn_x`) re-fits the conv consumers in one pass of the
-    pruned network over `bn_x`, on its own inputs, against the original outputs at `positions` sampled
+    channels: `sequential` (the default; needs `refit_x`) re-fits the conv consumers in one pass of the
+    pruned network over `refit_x`, on its own inputs, against the original outputs at `positions` sampled
     positions per image (Linear consumers keep the Gram re-fit); `gram` re-fits each layer from the
     original network's input statistics only (`ChannelPruner.calibrate`); `none` only selects channels.
     The pruned model is physically smaller, so a 50% budget costs about half a dense pass; images and
@@ -87,27 +53,27 @@ class RewardEvaluator:
     """
 
     def __init__(self, pruner: ChannelPruner, val_x: torch.Tensor, val_y: torch.Tensor, *,
-                 bn_x: torch.Tensor | None = None, reconstruct: Reconstruction = "sequential",
+                 refit_x: torch.Tensor | None = None, reconstruct: Reconstruction = "sequential",
                  positions: int = 64, seed: int = 0) -> None:
-        if reconstruct == "sequential" and bn_x is None:
-            raise ValueError("the sequential re-fit needs calibration images (bn_x)")
+        if reconstruct == "sequential" and refit_x is None:
+            raise ValueError("the sequential re-fit needs calibration images (refit_x)")
         self.pruner, self.val_y, self.reconstruct = pruner, val_y, reconstruct
         self.val_x = to_channels_last(val_x)
-        self.bn_x = None if bn_x is None else to_channels_last(bn_x)
+        self.refit_x = None if refit_x is None else to_channels_last(refit_x)
         self.targets: dict[str, Target] = {}
         if reconstruct == "sequential":
-            self.targets = collect_targets(pruner.model, pruner.consumers, self.bn_x, positions=positions, seed=seed)
+            self.targets = collect_targets(pruner.model, pruner.consumers, self.refit_x, positions=positions, seed=seed)
 
     def prune(self, counts: np.ndarray) -> nn.Module:
         """The pruned model for kept counts `counts` [G] as evaluated (re-fitted, BatchNorm re-estimated)."""
-        keep = self.pruner.keep_indices(dict(zip(self.pruner.names, counts.tolist())))
+        keep = self.pruner.kept_indices(counts)
         model = self.pruner.prune(keep, reconstruct=self.reconstruct != "none")
         if self.val_x.dim() == 4:
             model = model.to(memory_format=torch.channels_last)
         if self.targets:
-            refit_sequentially(model, self.targets, self.bn_x, self.pruner.kept_outputs(keep))
-        elif self.bn_x is not None:
-            recalibrate_batchnorm(model, self.bn_x)
+            refit_sequentially(model, self.targets, self.refit_x, self.pruner.kept_outputs(keep))
+        elif self.refit_x is not None:
+            recalibrate_batchnorm(model, self.refit_x)
         return model
 
     def __call__(self, counts: np.ndarray) -> Evaluation:
@@ -117,7 +83,8 @@ class RewardEvaluator:
 
 @dataclass
 class Task:
-    """Everything a search or a baseline needs, built once by `prepare_task`."""
+    """Everything a search or a baseline needs, built once by `prepare_task`; `settings` are the
+    arguments it was prepared with (a search refuses a task prepared differently from its config)."""
 
     model: TrainedModel
     dataset: Dataset
@@ -125,6 +92,7 @@ class Task:
     evaluator: RewardEvaluator
     train_idx: torch.Tensor
     val_idx: torch.Tensor
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def test_accuracy(self, model: nn.Module) -> float:
         """Accuracy on the TEST split: for final reports only, never for choosing a policy."""
@@ -146,7 +114,7 @@ def prepare_task(
     val_size: int | None = None,
     seed: int = 0,
     calib_size: int = 3000,
-    bn_size: int = 256,
+    refit_size: int = 256,
     positions: int = 10,
     selection: Selection = "ls",
     reconstruct: Reconstruction = "sequential",
@@ -155,18 +123,18 @@ def prepare_task(
 
     `val_size` images of the train split (default `default_val_size`) become the reward split;
     `calib_size` images of the rest feed the least-squares statistics (`positions` sampled output
-    positions per image and layer) and `bn_size` of them re-fit the pruned network sequentially and
+    positions per image and layer) and `refit_size` of them re-fit the pruned network sequentially and
     re-estimate its BatchNorm (0 disables both; `reconstruct` as in `RewardEvaluator`). `selection` ranks
     the channels of each group (`ls`: least-squares greedy selection from the same statistics). The split
     depends only on `seed` and the dataset.
     """
+    settings = dict(model=model, checkpoint=None if checkpoint is None else str(checkpoint), dataset=dataset,
+                    data_dir=None if data_dir is None else str(data_dir), val_size=val_size, seed=seed,
+                    calib_size=calib_size, refit_size=refit_size, positions=positions, selection=selection,
+                    reconstruct=reconstruct)
     data = load_dataset(dataset, data_dir)
     trained = load_trained_model(model, checkpoint, dataset=data)
-    n_train = len(data.train)
-    val_size = default_val_size(n_train) if val_size is None else val_size
-    train_idx, val_idx = split_train_val(n_train, val_size, seed)
-    if len(train_idx) == 0:
-        raise AmcError(f"--val-size {val_size} leaves no training images for calibration; pass a smaller --val-size")
+    train_idx, val_idx = split_train_val(len(data.train), val_size, seed)
     pruner = ChannelPruner(trained.module, trained.input_shape, selection=selection)
     if not pruner.groups:
         raise AmcError(f"model {model} has no prunable channel group; amc prunes conv and Linear channels")
@@ -177,9 +145,9 @@ def prepare_task(
     calib = norm(_sample(train_idx, calib_size, seed + 1))
     if reconstruct != "none" or selection == "ls":
         pruner.calibrate(calib.split(250), positions=positions, seed=seed)
-    bn_x = norm(_sample(train_idx, bn_size, seed + 2)) if bn_size > 0 else None
-    if bn_x is None and reconstruct == "sequential":
+    refit_x = norm(_sample(train_idx, refit_size, seed + 2)) if refit_size > 0 else None
+    if refit_x is None and reconstruct == "sequential":
         reconstruct = "gram"
-    evaluator = RewardEvaluator(pruner, norm(val_idx), data.train.labels[val_idx], bn_x=bn_x,
+    evaluator = RewardEvaluator(pruner, norm(val_idx), data.train.labels[val_idx], refit_x=refit_x,
                                 reconstruct=reconstruct, seed=seed + 3)
-    return Task(trained, data, pruner, evaluator, train_idx, val_idx)
+    return Task(trained, data, pruner, evaluator, train_idx, val_idx, settings)

@@ -70,7 +70,3 @@ def augment_crop_flip(images: torch.Tensor, generator: torch.Generator, padding:
     return padded.view(n, c, hp * wp).gather(2, pixel).view(n, c, h, w)
 
 
-def to_channels_last(images: torch.Tensor) -> torch.Tensor:
-    """A [N, C, H, W] batch in channels-last memory layout (same values), the faster one for CPU convolutions;
-    tensors of other ranks come back unchanged."""
-    return images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images

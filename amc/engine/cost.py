@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from amc.groups import ChannelGroup, LayerInfo
+from amc.engine.groups import ChannelGroup, LayerInfo
+from amc.engine.hooks import forward_hooks
 
 
 def count_macs_params(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, int]:
@@ -27,15 +28,12 @@ def count_macs_params(model: nn.Module, input_shape: Sequence[int]) -> tuple[int
         per_output = module.weight[0].numel()  # (in / groups) * kH * kW for a conv, in for a Linear
         macs += output[0].numel() * per_output
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with forward_hooks({m: hook for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}), torch.no_grad():
             model(torch.zeros(1, *input_shape))
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     return macs, sum(p.numel() for p in model.parameters())
 

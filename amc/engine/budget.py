@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from amc.errors import AmcError
-from amc.pruner import ChannelPruner
+from amc.engine.pruner import ChannelPruner
 
 BUDGET_KINDS: tuple[str, ...] = ("flops", "params", "latency")
 CostFn = Callable[[np.ndarray], np.ndarray]
@@ -54,9 +54,15 @@ def min_counts(pruner: ChannelPruner, lbound: float = 0.0) -> np.ndarray:
     return np.maximum(floor, np.ceil(lbound * pruner.channels - 1e-9).astype(np.int64))
 
 
+def round_channels(channels: float | np.ndarray) -> np.ndarray:
+    """The one rounding of a fractional channel count (preserve ratio x channels) to whole channels: to the
+    nearest integer, ties to even (`np.rint`); int64, same shape."""
+    return np.rint(np.asarray(channels, dtype=np.float64)).astype(np.int64)
+
+
 def ratio_counts(pruner: ChannelPruner, ratio: float | np.ndarray, lbound: float = 0.0) -> np.ndarray:
     """Channel counts for preserve ratios (one, or one per group), rounded, within the bounds."""
-    counts = np.rint(np.asarray(ratio) * pruner.channels).astype(np.int64)
+    counts = round_channels(np.asarray(ratio) * pruner.channels)
     return np.clip(counts, min_counts(pruner, lbound), pruner.channels)
 
 

@@ -21,9 +21,9 @@ import torch
 import torch.nn as nn
 import torch.utils.benchmark as benchmark
 
-from amc.augment import to_channels_last
-from amc.evaluate import cpu_latency
-from amc.pruner import ChannelPruner
+from amc.engine.measure import to_channels_last
+from amc.engine.measure import cpu_latency
+from amc.engine.pruner import ChannelPruner
 
 
 def _layer_at(module: nn.Module, in_width: int, out_width: int) -> nn.Module:

@@ -1,20 +1,24 @@
-"""Measuring a model: accuracy and loss on a split, BatchNorm re-estimation, CPU latency."""
+"""Measuring a model: accuracy and loss on a split, the deployed form of a model, CPU latency."""
 
 from __future__ import annotations
 
 import copy
 import statistics
 import warnings
-from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.fx
 import torch.utils.benchmark as benchmark
-from torch.fx.experimental.optimization import fuse
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from amc.augment import to_channels_last
+
+def to_channels_last(images: torch.Tensor) -> torch.Tensor:
+    """A [N, C, H, W] batch in channels-last memory layout (same values), the faster one for CPU convolutions;
+    tensors of other ranks come back unchanged."""
+    return images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
 
 
 @torch.no_grad()
@@ -33,50 +37,48 @@ def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch
     return correct / len(inputs), loss / len(inputs)
 
 
-@contextmanager
-def reestimating_batchnorm(model: nn.Module) -> Iterator[None]:
-    """Inside the block, every BatchNorm of `model` starts from empty statistics and averages those of all
-    the batches it sees (momentum None); only the BatchNorms run in training mode (dropout stays off).
-    Afterwards the model is in eval mode with the new statistics."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
-    model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    try:
-        yield
-    finally:
-        for m, momentum in zip(norms, saved):
-            m.momentum = momentum
-        model.eval()
+_CONV_BN = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d))
 
 
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256) -> None:
-    """Re-estimate every BatchNorm's running mean and variance on `inputs` (normalized images).
+def fold_batchnorm(model: nn.Module) -> torch.fx.GraphModule:
+    """`model` (in eval mode) traced with `torch.fx`, each BatchNorm that reads only a conv's output folded into
+    that conv (`torch.nn.utils.fusion.fuse_conv_bn_eval`); the caller's modules are not modified.
 
-    Pruning shifts the statistics that reach later BatchNorms; a few training batches fix them
-    (`reestimating_batchnorm`); the model is left in eval mode.
+    The same rewrite as `torch.fx.experimental.optimization.fuse`, which cannot be used: importing it loads
+    TorchScript code that torch 2.13 deprecates.
+
+    Raises:
+        Exception: whatever `torch.fx.symbolic_trace` raises for a model it cannot trace.
     """
-    if len(inputs) == 0 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        return
-    with reestimating_batchnorm(model):
-        for start in range(0, len(inputs), batch_size):
-            model(inputs[start : start + batch_size])
+    traced = torch.fx.symbolic_trace(copy.deepcopy(model))
+    modules = dict(traced.named_modules())
+    for node in list(traced.graph.nodes):
+        source = node.args[0] if node.op == "call_module" and node.args else None
+        if not (isinstance(source, torch.fx.Node) and source.op == "call_module" and len(source.users) == 1):
+            continue
+        conv, norm = modules[source.target], modules[node.target]
+        if not any(type(conv) is c and type(norm) is b for c, b in _CONV_BN) or not norm.track_running_stats:
+            continue
+        parent, _, name = source.target.rpartition(".")
+        setattr(traced.get_submodule(parent) if parent else traced, name, fuse_conv_bn_eval(conv, norm))
+        node.replace_all_uses_with(source)
+        traced.graph.erase_node(node)
+    traced.graph.lint()
+    traced.delete_all_unused_submodules()
+    traced.recompile()
+    return traced
 
 
 def inference_copy(model: nn.Module, *, channels_last: bool = False) -> nn.Module:
     """A CPU copy of `model` in the form a deployment runs: eval mode, each BatchNorm that follows a conv
-    folded into it (where `torch.fx` can trace the model), in channels-last layout if `channels_last`, else
-    contiguous.
+    folded into it (`fold_batchnorm`, where `torch.fx` can trace the model), in channels-last layout if
+    `channels_last`, else contiguous.
 
     Outputs equal the model's up to float rounding; the caller's model is left as it is.
     """
     model = copy.deepcopy(model).cpu().eval()
     try:
-        model = fuse(model)
+        model = fold_batchnorm(model)
     except Exception as exc:  # models with data-dependent control flow do not trace
         warnings.warn(f"BatchNorm not folded for inference: the model does not trace with torch.fx "
                       f"({type(exc).__name__})")

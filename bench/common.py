@@ -11,7 +11,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from amc.evaluate import cpu_latencies  # noqa: E402
+from amc.engine.measure import cpu_latencies  # noqa: E402
 from amc.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
 # (key, batch size, channels-last) of every latency a benchmark reports

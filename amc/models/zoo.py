@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from amc.data import batches, default_val_size, load_dataset, resolve_cache_dir, split_train_val
+from amc.data.datasets import batches, load_dataset, resolve_cache_dir
+from amc.data.split import default_val_size, split_train_val
 from amc.fileio import atomic_torch_save
 from amc.models import create_model
 

@@ -12,7 +12,6 @@ import multiprocessing
 import os
 import pickle
 import sys
-import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,22 +22,18 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from amc.augment import augment_crop_flip, normalize
+from amc.data import DATASETS
+from amc.data.transforms import augment_crop_flip, normalize
 from amc.errors import AmcError
+from amc.fileio import atomic_torch_save
 
 __all__ = [
     "DATASETS",
     "Dataset",
     "ImageSet",
-    "augment_crop_flip",
     "batches",
-    "default_val_size",
     "load_dataset",
-    "normalize",
-    "split_train_val",
 ]
-
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -126,32 +121,6 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, cache_dir: st
     if name == "imagefolder":
         return _load_imagefolder(root, resolve_cache_dir(cache_dir))
     return _load_cifar(name, root)
-
-
-def default_val_size(n_train: int) -> int:
-    """Validation images to hold out of a train split of `n_train` images: a fifth, at most 5,000."""
-    return min(5000, n_train // 5)
-
-
-def split_train_val(n_train: int, val_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split indices 0..n_train-1 into disjoint train and validation parts by a seeded permutation.
-
-    Returns:
-        (train_idx, val_idx): int64 [n_train - val_size] and int64 [val_size], each sorted ascending.
-        The same (n_train, val_size, seed) always gives the same split, on every machine.
-    """
-    if val_size > n_train - 1:
-        raise AmcError(
-            f"validation size {val_size} leaves no training images: the train split has {n_train} images; "
-            f"pass a smaller --val-size (at most {n_train - 1})"
-        )
-    if val_size < 1:
-        raise AmcError(
-            f"validation size {val_size} is empty (the train split has {n_train} images); "
-            f"pass a --val-size between 1 and {n_train - 1}"
-        )
-    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))
-    return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
 def batches(
@@ -439,17 +408,8 @@ def _read_cache(cache_file: Path, key: str) -> dict | None:
 
 def _write_cache(cache_file: Path, cached: dict) -> None:
     """Write atomically, so a concurrent reader (e.g. another DDP rank) never sees a partial file."""
-    # A unique name in the same folder makes os.replace atomic; open() rather than mkstemp keeps
-    # the umask's permissions, so a shared cache folder stays readable by other users.
-    tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(tmp, "xb") as f:
-                torch.save(cached, f)
-            os.replace(tmp, cache_file)
-        finally:
-            tmp.unlink(missing_ok=True)
-    except OSError as e:
+        atomic_torch_save(cached, cache_file)
+    except AmcError as e:
         # The data is already decoded; an unwritable cache only costs the next run another decode.
-        warnings.warn(f"could not write image cache {cache_file} ({e}); set AMC_CACHE_DIR to a writable folder", stacklevel=3)
+        warnings.warn(f"could not write image cache: {e}; or set AMC_CACHE_DIR to a writable folder", stacklevel=3)

@@ -30,11 +30,12 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from amc import distributed
-from amc.augment import to_channels_last
-from amc.data import ImageSet, batches
+from amc.train import distributed
+from amc.train.config import FinetuneConfig
+from amc.engine.measure import to_channels_last
+from amc.data.datasets import ImageSet, batches
 from amc.errors import AmcError
-from amc.evaluate import accuracy
+from amc.engine.measure import accuracy
 from amc.export import save_state_dict
 from amc.fileio import atomic_path
 
@@ -51,62 +52,21 @@ _RESUMABLE_CHANGES = ("epochs", "device", "num_threads")
 
 
 @dataclass
-class FinetuneConfig:
-    """Fine-tuning settings.
-
-    Attributes:
-        epochs: passes over the training set.
-        batch_size: images per optimizer step, summed over all processes (each of W torchrun
-            processes takes batch_size / W per step), so results do not depend on W.
-        lr: peak learning rate, tuned for batch_size 128; scale it linearly with batch_size
-            (e.g. 0.1 for 256).
-        momentum: SGD momentum, used with Nesterov's update.
-        weight_decay: L2 penalty on weight matrices and kernels; BatchNorm parameters and biases
-            (every parameter with at most one dimension) get none.
-        warmup_epochs: the learning rate rises linearly from lr / warm-up steps to lr over this many
-            epochs (at most half the run), then follows a cosine to 0 at the end of the last epoch.
-        label_smoothing: label smoothing of the cross-entropy, in [0, 1).
-        distill_alpha: weight a of knowledge distillation from a teacher, in [0, 1]:
-            loss = (1 - a) * CE + a * T^2 * KL(softmax(teacher / T) || softmax(student / T)).
-        temperature: the distillation temperature T (> 0).
-        augment: random 4-pixel-padded crop + horizontal flip (`augment_crop_flip`), applied only to
-            images at least AUGMENT_MIN_SIZE (32) pixels high; smaller ones are never augmented.
-        seed: seeds the data order, the augmentation and torch's global RNG of every epoch.
-        num_threads: torch CPU threads to use; None keeps torch's current setting.
-        device: "cpu", "cuda" or "cuda:N"; under torchrun each process uses cuda:LOCAL_RANK.
-    """
-
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    label_smoothing: float = 0.0
-    distill_alpha: float = 0.0
-    temperature: float = 4.0
-    augment: bool = True
-    seed: int = 0
-    num_threads: int | None = None
-    device: str = "cpu"
-
-
-@dataclass
 class FinetuneResult:
     """What a fine-tuning run achieved.
 
     Attributes:
-        best_val_acc: highest validation top-1 accuracy of any epoch, a fraction in [0, 1].
+        best_val_accuracy: highest validation top-1 accuracy of any epoch, a fraction in [0, 1].
         best_epoch: the 1-based epoch that reached it (the weights written to `out`).
-        last_val_acc: validation accuracy after the last epoch (the weights left in the model).
+        last_val_accuracy: validation accuracy after the last epoch (the weights left in the model).
         history: one dict per epoch, in order: epoch (1-based), train_loss (mean over the epoch's
-            images), val_loss, val_acc (fraction), lr (of the epoch's last step), seconds (wall time
+            images), val_loss, val_accuracy (fraction), lr (of the epoch's last step), seconds (wall time
             of training plus validation).
     """
 
-    best_val_acc: float
+    best_val_accuracy: float
     best_epoch: int
-    last_val_acc: float
+    last_val_accuracy: float
     history: list[dict[str, float]]
 
 
@@ -219,7 +179,8 @@ def _train(
     best_acc, best_epoch = -1.0, 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
-        history, best_acc, best_epoch = list(state["history"]), state["best_val_acc"], state["best_epoch"]
+        history, best_epoch = list(state["history"]), state["best_epoch"]
+        best_acc = state.get("best_val_accuracy", state.get("best_val_acc"))  # the key's earlier name
     if teacher is not None and config.distill_alpha > 0:
         teacher.to(device, memory_format=torch.channels_last).eval()
     else:
@@ -269,7 +230,7 @@ def _train(
             model.load_state_dict(module.state_dict())
         val_acc, val_loss = _evaluate(module, val, mean, std, device, world_size)
         history.append({
-            "epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
+            "epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
             "seconds": time.perf_counter() - start,
         })  # fmt: skip
         if val_acc > best_acc:
@@ -285,7 +246,7 @@ def _train(
     model.to(memory_format=torch.contiguous_format)
     # Nobody returns (and perhaps reads `out`) before rank 0 has written it.
     distributed.barrier()
-    return FinetuneResult(best_acc, best_epoch, history[-1]["val_acc"], history)
+    return FinetuneResult(best_acc, best_epoch, history[-1]["val_accuracy"], history)
 
 
 def _check_config(config: FinetuneConfig, teacher: nn.Module | None) -> None:
@@ -387,7 +348,7 @@ def _save_last(
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "history": history,
-        "best_val_acc": best_acc,
+        "best_val_accuracy": best_acc,
         "best_epoch": best_epoch,
         "config": asdict(config),
     }

@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from amc.engine.hooks import forward_hooks
+
 ItemKind = Literal["out", "in", "norm"]
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 _LAYERS = (nn.Conv2d, nn.Linear)
@@ -103,7 +105,6 @@ class ChannelGroup:
 def trace_layers(model: nn.Module, example: torch.Tensor) -> dict[str, LayerInfo]:
     """Run one forward pass and describe every Conv2d and Linear layer in execution order."""
     infos: dict[str, LayerInfo] = {}
-    handles = []
 
     def hook(name: str) -> Callable:
         def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -121,15 +122,8 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> dict[str, LayerInfo
                 )
         return record
 
-    for name, module in model.named_modules():
-        if isinstance(module, _LAYERS):
-            handles.append(module.register_forward_hook(hook(name)))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks({m: hook(n) for n, m in model.named_modules() if isinstance(m, _LAYERS)}), torch.no_grad():
+        model(example)
     return infos
 
 

@@ -1,4 +1,5 @@
-"""Pruned-model files: one torch file holding a pruned model and what is needed to rebuild and feed it.
+"""Pruned models and their files: `PrunedModel` (a physically pruned module with what is needed to rebuild
+and feed it) and the one torch file it is saved as.
 
 ```
 {"format": "amc-pruned/1", "base": "resnet56", "num_classes": 10, "input_shape": [3, 32, 32],
@@ -13,6 +14,7 @@ tensors, numbers, strings and lists, so it is read with torch's safe (`weights_o
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -21,12 +23,58 @@ import torch.nn as nn
 
 from amc.errors import AmcError
 from amc.fileio import atomic_torch_save
-from amc.flops import count_macs_params
-from amc.groups import find_groups, prune_
+from amc.engine.cost import count_macs_params
+from amc.engine.groups import find_groups, prune_
 from amc.models import create_model
 
 PRUNED_FORMAT = "amc-pruned/1"
 _INFO_KEYS = ("base", "num_classes", "input_shape", "mean", "std", "kept", "policy", "macs", "params")
+
+
+@dataclass
+class PrunedModel:
+    """A physically pruned model and what rebuilds and feeds it.
+
+    Attributes:
+        module: the pruned `nn.Module`.
+        base: the spec of the dense model it was pruned from (registry name or factory).
+        num_classes: what `create_model(base, num_classes)` needs (None: the factory's default).
+        input_shape: one input's (C, H, W).
+        mean, std: per-channel input normalization of [0, 1]-scaled pixels.
+        kept: per pruned group, the root channel indices (of the dense model) that were kept.
+        policy: the policy's JSON object, for the record (None if there was none).
+    """
+
+    module: nn.Module
+    base: str
+    num_classes: int | None
+    input_shape: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    kept: dict[str, list[int]]
+    policy: dict[str, Any] | None = None
+
+    def save(self, path: str | Path) -> dict[str, Any]:
+        """Write the model file `path` atomically (`load_model` / `PrunedModel.load` read it); returns its
+        info, with the MACs and parameters counted on the module."""
+        return save_pruned(path, self.module, base=self.base, num_classes=self.num_classes,
+                           input_shape=self.input_shape, mean=self.mean, std=self.std, kept=self.kept,
+                           policy=self.policy)
+
+    def with_module(self, module: nn.Module) -> PrunedModel:
+        """The same record for another module of the same shape (e.g. the fine-tuned one)."""
+        return replace(self, module=module)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PrunedModel:
+        """The pruned model of a model file, with its record.
+
+        Raises:
+            AmcError: as `load_model`.
+        """
+        info = read_model_info(path)
+        return cls(load_model(path), info["base"], info["num_classes"], tuple(info["input_shape"]),
+                   tuple(info["mean"]), tuple(info["std"]), info["kept"], info["policy"])
 
 
 def save_pruned(

@@ -1,0 +1,113 @@
+"""`SearchConfig`: every argument of an AMC search and the one source of its defaults.
+
+The defaults are AMC's reference settings (He et al., "AMC: AutoML for Model Compression and Acceleration
+on Mobile Devices", ECCV 2018, section 4 and the reference code): 400 episodes with 100 of warm-up, preserve
+ratios in [0.2, 1], 5,000 reward images (the default held-out split of a 50,000-image TRAIN set), 3,000
+calibration images. The command line (`amc train-agent`), the benchmarks and the Python API all read them
+from here; the config is saved as the run folder's `config.json` and compared on `--resume`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from amc.errors import AmcError
+
+# The SB3 algorithms a search can use (`agents.ddpg.AGENTS` maps them to classes).
+ALGORITHMS: tuple[str, ...] = ("ddpg", "td3", "sac")
+
+
+@dataclass
+class SearchConfig:
+    """Every argument of a search (CleanRL's `Args` style: one line of doc per field)."""
+
+    model: str = "digits_cnn"
+    """registry name (`resnet56`), `pkg.mod:factory` or `file.py:factory` of the dense model"""
+    checkpoint: str | None = None
+    """trained weights of the dense model (None: the model as built)"""
+    dataset: str = "digits"
+    """digits, cifar10, cifar100, imagefolder or synthetic"""
+    data_dir: str | None = None
+    """folder holding the dataset's files (not needed for digits and synthetic)"""
+    budget_kind: str = "flops"
+    """what the budget limits: flops (MACs), params or latency"""
+    budget_ratio: float = 0.5
+    """the budget as a fraction of the dense model's, in (0, 1]"""
+    reward: str = "acc"
+    """acc, or -error x log(cost) with flops, params or latency (AMC's resource-aware rewards)"""
+    latency_batch: int = 1
+    """batch size the latency table is measured at"""
+    latency_channels_last: bool = False
+    """measure the latency table in channels-last memory layout"""
+    episodes: int = 400
+    """episodes in all, warm-up included"""
+    warmup: int = 100
+    """first episodes with uniformly random actions; the agent trains after them"""
+    val_size: int | None = None
+    """TRAIN images held out as the reward split `val` (None: a fifth, at most 5,000)"""
+    seed: int = 0
+    """seed of the split, the calibration sample and the agent"""
+    algo: str = "ddpg"
+    """ddpg (AMC's), td3 or sac (stable-baselines3)"""
+    lbound: float = 0.2
+    """smallest preserve ratio an action can choose"""
+    rbound: float = 1.0
+    """largest preserve ratio an action can choose"""
+    selection: str = "ls"
+    """how a group's kept channels are chosen: ls (greedy least squares), l1, l2 or bn"""
+    calib_size: int = 3000
+    """TRAIN images (outside val) whose statistics feed channel selection and the Gram re-fit"""
+    refit_size: int = 256
+    """TRAIN images on which each pruned network is re-fitted sequentially and its BatchNorm re-estimated"""
+    device: str = "cpu"
+    """device of the agent's networks"""
+    out: str = "runs/amc"
+    """the run folder"""
+
+    def budget(self) -> Any:
+        """The search's `amc.engine.budget.Budget`."""
+        from amc.engine.budget import Budget  # numpy and torch: only when a search runs
+
+        return Budget(self.budget_kind, self.budget_ratio)
+
+    def task_settings(self) -> dict[str, Any]:
+        """The arguments of `amc.reward.prepare_task` this config implies (compared with `Task.settings`)."""
+        return dict(model=self.model, checkpoint=self.checkpoint, dataset=self.dataset, data_dir=self.data_dir,
+                    val_size=self.val_size, seed=self.seed, calib_size=self.calib_size, refit_size=self.refit_size,
+                    selection=self.selection)
+
+    def prepare_task(self) -> Any:
+        """The `amc.reward.Task` this config searches: model, data, analysis and the reward evaluation."""
+        from amc.reward import prepare_task  # heavy (data, torch-pruning); only when a search starts
+
+        return prepare_task(**self.task_settings())
+
+    def check_task(self, task: Any) -> None:
+        """AmcError when `task` was prepared with settings other than this config's."""
+        mine = self.task_settings()
+        differ = [k for k in mine if k in task.settings and task.settings[k] != mine[k]]
+        if differ:
+            details = ", ".join(f"{k} {task.settings[k]!r} (config: {mine[k]!r})" for k in differ[:3])
+            raise AmcError(f"the task was prepared with other settings than the search's config: {details}; "
+                           "prepare it with config.prepare_task()")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of `config.json`."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> SearchConfig:
+        """The config of a `config.json`; fields it lacks take today's defaults, unknown ones are ignored."""
+        names = {f.name for f in fields(cls)}
+        if "bn_size" in saved and "refit_size" not in saved:  # the field's earlier name
+            saved = {**saved, "refit_size": saved["bn_size"]}
+        return cls(**{k: v for k, v in saved.items() if k in names})
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> SearchConfig | None:
+        """The config saved in a run folder, or None when it has none."""
+        path = Path(run_dir) / "config.json"
+        return cls.from_dict(json.loads(path.read_text())) if path.is_file() else None

@@ -1,0 +1,177 @@
+"""The `amc` command line: `amc eval | profile | baseline | apply | finetune | train-agent`.
+
+One module per command (`amc/cli/<command>.py`) registers it with `@command(...)`, naming the shared flags it
+takes (each defined once in `SHARED_FLAGS`, so every command spells and documents them the same way) and a
+function adding its own flags. Command modules import only the standard library and light constants at
+their top: torch, Torch-Pruning, SB3 and Gymnasium load inside the command's run function, so `--help` and
+argument errors answer at once. Errors the user can fix (`AmcError`) print one line `amc: error: ...` and
+exit 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from amc import __version__
+from amc.data import DATASETS
+from amc.engine import SELECTIONS
+from amc.errors import AmcError, one_line
+
+CommandFn = Callable[[argparse.Namespace], int]
+AddArguments = Callable[[argparse.ArgumentParser], None]
+AddShared = Callable[[argparse.ArgumentParser, bool], None]
+
+# Command modules, in the order `amc --help` lists them; each registers itself on import.
+COMMAND_MODULES = ("eval", "profile", "baseline", "apply", "finetune", "train_agent")
+
+
+def _input_shape(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not C,H,W (three positive integers, e.g. 3,32,32)")
+    c, h, w = (int(p) for p in parts)
+    return c, h, w
+
+
+def _flag(*names: str, **kwargs: Any) -> AddShared:
+    def add(parser: argparse.ArgumentParser, required: bool) -> None:
+        parser.add_argument(*names, required=required, **kwargs)
+
+    return add
+
+
+def _budget_flags(parser: argparse.ArgumentParser, required: bool) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--target-flops", type=float, metavar="R", help="keep at most R of the dense MACs, R in (0, 1]")
+    group.add_argument("--target-params", type=float, metavar="R", help="keep at most R of the dense parameters")
+    group.add_argument("--target-latency", type=float, metavar="R",
+                       help="keep at most R of the dense CPU latency (a per-layer table is measured once)")
+    parser.add_argument("--latency-batch", type=int, default=1, metavar="N",
+                        help="batch size the latency table is measured at (default %(default)s)")
+    parser.add_argument("--latency-channels-last", action="store_true",
+                        help="measure the latency table in channels-last memory layout (see amc eval --channels-last)")
+
+
+SHARED_FLAGS: dict[str, AddShared] = {
+    "model": _flag(
+        "--model", metavar="MODEL", help="registered name (e.g. resnet56), pkg.mod:factory, file.py:factory, "
+        "or (eval, profile, finetune) an amc pruned-model file NAME.pt",
+    ),
+    "checkpoint": _flag("--checkpoint", metavar="FILE", help="trained weights of the dense model (torch file)"),
+    "dataset": _flag("--dataset", metavar="NAME", choices=DATASETS, help="one of %(choices)s"),
+    "data_dir": _flag("--data-dir", metavar="DIR", help="folder holding the dataset's files"),
+    "input_shape": _flag(
+        "--input-shape", type=_input_shape, default=(3, 32, 32), metavar="C,H,W",
+        help="one input's shape, used when no --dataset is given (default 3,32,32)",
+    ),
+    "seed": _flag("--seed", type=int, default=0,
+                  help="seed of the train/val split and calibration sample (default %(default)s)"),
+    "val_size": _flag(
+        "--val-size", type=int, metavar="N",
+        help="TRAIN images held out as the val split (default: a fifth, at most 5000)",
+    ),
+    "selection": _flag(
+        "--selection", choices=SELECTIONS,
+        help="how a group's kept channels are chosen: ls (default: greedy least squares on the calibration "
+        "images, the channels the re-fit replaces best), or by weight norm: l1, l2, bn (BatchNorm scale)",
+    ),
+    "out": _flag("--out", metavar="FILE", help="file to write"),
+    "force": _flag("--force", action="store_true", help="overwrite --out if it exists"),
+    "budget": _budget_flags,
+    "json": _flag("--json", action="store_true", help="print the result as one JSON object"),
+    "debug": _flag("--debug", action="store_true", help="show the traceback of an error"),
+}
+_EVERY_COMMAND = ("json", "debug")
+
+
+@dataclass(frozen=True)
+class _Command:
+    run: CommandFn
+    help: str
+    shared: tuple[str, ...]
+    required: tuple[str, ...]
+    arguments: AddArguments | None
+
+
+_COMMANDS: dict[str, _Command] = {}
+
+
+def command(
+    name: str,
+    help: str,
+    *,
+    shared: Sequence[str],
+    required: Sequence[str] = ("model",),
+    arguments: AddArguments | None = None,
+) -> Callable[[CommandFn], CommandFn]:
+    """Register the decorated function as `amc NAME`.
+
+    `shared` names the flags of `SHARED_FLAGS` it takes (--json and --debug always), `required` those
+    of them that must be given, and `arguments` adds the command's own flags to its parser.
+    """
+
+    def register(run: CommandFn) -> CommandFn:
+        wrong = (set(shared) | set(required)) - set(SHARED_FLAGS) or set(required) - set(shared)
+        if wrong:
+            raise ValueError(f"command {name}: shared flags {sorted(wrong)} are unknown or not in `shared`")
+        _COMMANDS[name] = _Command(run, help, tuple(shared), tuple(required), arguments)
+        return run
+
+    return register
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `amc` argument parser with every registered subcommand."""
+    for module in COMMAND_MODULES:
+        importlib.import_module(f"amc.cli.{module}")
+    parser = argparse.ArgumentParser(prog="amc", description="AMC: channel pruning of trained CNNs under a budget.")
+    parser.add_argument("--version", action="version", version=f"amc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, cmd in _COMMANDS.items():
+        shared = argparse.ArgumentParser(add_help=False)
+        for flag in (*cmd.shared, *_EVERY_COMMAND):
+            SHARED_FLAGS[flag](shared, flag in cmd.required)
+        child = sub.add_parser(name, parents=[shared], help=cmd.help, description=cmd.help)
+        if cmd.arguments is not None:
+            cmd.arguments(child)
+        child.set_defaults(run=cmd.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `amc` with `argv` (default: the process's arguments); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse's own errors (exit 2), --help and --version (exit 0)
+        return exc.code if isinstance(exc.code, int) else 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return args.run(args)
+        except AmcError as exc:
+            if args.debug:
+                raise
+            print(f"amc: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:
+            print(f"amc: interrupted{'; ' + str(exc) if str(exc) else ''}", file=sys.stderr)
+            return 130
+        except Exception as exc:
+            if args.debug:
+                raise
+            print(f"amc: internal error: {type(exc).__name__}: {one_line(exc)}; rerun with --debug for the traceback",
+                  file=sys.stderr)
+            return 1
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    # One line per warning, like errors: where in amc it was raised does not help the user.
+    print(f"amc: warning: {message}", file=sys.stderr)

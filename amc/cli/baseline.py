@@ -1,0 +1,71 @@
+"""`amc baseline`: a policy from a simple rule (uniform, random search, sensitivity, DP), in the policy schema."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from agents.config import SearchConfig
+from amc.cli import command
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", choices=("uniform", "random", "sensitivity", "dp"), default="uniform",
+                        help="uniform (needs only shapes), or random / sensitivity / dp (need --dataset: they "
+                             "evaluate) (default %(default)s)")
+    parser.add_argument("--lbound", type=float, help="fewest channels a group keeps, as a fraction of its "
+                        f"channels (default 0 for uniform, {SearchConfig.lbound} otherwise, as the agent)")
+    parser.add_argument("--episodes", type=int, default=SearchConfig.episodes,
+                        help="random search: evaluated episodes, as the agent's --episodes (default %(default)s)")
+
+
+@command(
+    "baseline", "write a baseline pruning policy that meets a budget",
+    shared=("model", "checkpoint", "dataset", "data_dir", "input_shape", "out", "force", "budget", "seed", "val_size",
+            "selection"),
+    required=("model", "out", "budget"),
+    arguments=_arguments,
+)
+def run(args: argparse.Namespace) -> int:
+    from amc.cli import common
+    from amc.engine.budget import check_reachable, cost_function, uniform_counts
+    from amc.engine.latency import LatencyTable
+    from amc.engine.pruner import ChannelPruner
+    from amc.errors import AmcError
+    from amc.policy import Policy
+
+    common.check_out(args.out, args.force)
+    budget = common.budget(args.target_flops, args.target_params, args.target_latency, args.latency_batch)
+    lbound = args.lbound if args.lbound is not None else (0.0 if args.method == "uniform" else SearchConfig.lbound)
+    if not 0.0 <= lbound < 1.0:
+        raise AmcError(f"--lbound {lbound} is outside [0, 1); pass e.g. --lbound 0.2")
+    extra: dict[str, Any] = {}
+    if args.method == "uniform" and (not args.dataset or budget.kind == "latency"):
+        trained = common.trained_model(args.model, args.checkpoint, common.dataset(args.dataset, args.data_dir),
+                                       args.input_shape)
+        pruner = ChannelPruner(trained.module, trained.input_shape, selection=args.selection or "ls")
+        table = (LatencyTable.measure(pruner, batch_size=args.latency_batch, channels_last=args.latency_channels_last)
+                 if budget.kind == "latency" else None)
+        cost = cost_function(pruner, budget.kind, table)
+        counts = uniform_counts(pruner, cost, check_reachable(pruner, cost, budget, lbound))
+        policy = Policy.from_counts(pruner, args.model, counts, budget, method=args.method, lbound=lbound)
+    elif not args.dataset:
+        raise AmcError(f"baseline --method {args.method} evaluates policies: pass --dataset (and --data-dir)")
+    else:
+        from agents.baselines import run_baseline  # the CLI is where amc meets its agents
+        from amc.reward import prepare_task
+
+        task = prepare_task(args.model, args.checkpoint, args.dataset, args.data_dir, val_size=args.val_size,
+                            seed=args.seed, selection=args.selection or "ls")
+        found = run_baseline(args.method, task, budget, episodes=args.episodes, seed=args.seed, lbound=lbound)
+        extra = {"val_accuracy": found.val_accuracy, "evaluations": found.evaluations, "seed": args.seed}
+        policy = found.to_policy(task, budget, lbound=lbound, seed=args.seed)
+    policy.save(args.out)
+    p = policy.predicted
+    if args.json:
+        common.print_json({"out": args.out, "method": args.method, **p, **extra})
+    else:
+        print(f"wrote {args.out}: {args.method} policy, MACs {p['macs']:,} ({100 * p['macs_ratio']:.2f}% of dense), "
+              f"params {p['params']:,} ({100 * p['params_ratio']:.2f}% of dense)"
+              + (f", val accuracy {100 * extra['val_accuracy']:.2f}%" if extra else ""))
+    return 0

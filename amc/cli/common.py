@@ -1,0 +1,101 @@
+"""Helpers shared by the commands. They take values, not an argparse namespace, and import torch: command
+modules import this module inside their run function only."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from amc.data.datasets import Dataset, load_dataset
+from amc.engine.budget import Budget
+from amc.errors import AmcError
+from amc.models.pruned import load_model, read_model_info
+from amc.models.trained import TrainedModel, load_trained_model
+
+
+def is_model_file(spec: str) -> bool:
+    """True when --model names an amc pruned-model file rather than a dense model."""
+    return spec.endswith(".pt")
+
+
+def dataset(name: str | None, data_dir: str | None) -> Dataset | None:
+    """The named dataset, or None when no --dataset was given."""
+    return load_dataset(name, data_dir) if name else None
+
+
+def trained_model(spec: str, checkpoint: str | None, data: Dataset | None,
+                  input_shape: Sequence[int] = (3, 32, 32)) -> TrainedModel:
+    """The model `spec` (and `checkpoint`) name, with its input shape and normalization.
+
+    `spec` may be an amc pruned-model file, which carries its own weights, shape and normalization.
+    Without `data`, `input_shape` is one input's (C, H, W).
+    """
+    if not is_model_file(spec):
+        shape = data.image_shape if data is not None else input_shape
+        trained = load_trained_model(spec, checkpoint, dataset=data, input_shape=shape)
+        check_forward(trained.module, trained.input_shape, spec)
+        return trained
+    if checkpoint:
+        raise AmcError(f"{spec} is a pruned-model file with its own weights; drop --checkpoint")
+    info = read_model_info(spec)
+    shape = tuple(info["input_shape"])
+    if data is not None and tuple(data.image_shape) != shape:
+        raise AmcError(
+            f"{spec} takes inputs of shape {shape} but dataset {data.name} has {tuple(data.image_shape)}; "
+            "pass the dataset the model was pruned on"
+        )
+    return TrainedModel(load_model(spec), spec, info["num_classes"], shape, tuple(info["mean"]), tuple(info["std"]))
+
+
+def check_forward(model: nn.Module, input_shape: Sequence[int], spec: str) -> None:
+    """AmcError when the model cannot take inputs of `input_shape` (e.g. a CIFAR model on 8x8 digits)."""
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape))
+    except Exception as exc:
+        raise AmcError(
+            f"model {spec} fails on inputs of shape {tuple(input_shape)} ({type(exc).__name__}); "
+            "pass the dataset or --input-shape it was built for"
+        ) from exc
+
+
+def budget(target_flops: float | None, target_params: float | None, target_latency: float | None,
+           latency_batch: int = 1) -> Budget | None:
+    """The budget the --target-* flags give (at most one is set), None when none is."""
+    if latency_batch < 1:
+        raise AmcError(f"--latency-batch {latency_batch} is not a batch size; pass e.g. --latency-batch 64")
+    for kind, ratio in (("flops", target_flops), ("latency", target_latency), ("params", target_params)):
+        if ratio is not None:
+            return Budget(kind, ratio)
+    return None
+
+
+def check_out(out: str | Path, force: bool) -> None:
+    """Refuse to overwrite `out` without `force`; called before any work is done."""
+    if Path(out).exists() and not force:
+        raise AmcError(f"{out} already exists; pass --force to overwrite it or choose another --out")
+
+
+def print_json(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def print_rows(rows: list[tuple[str, str]]) -> None:
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
+def export_all(model: nn.Module, input_shape: Sequence[int], out: str | Path, kinds: Sequence[str]) -> None:
+    """Write each requested export of `model` beside `out` (see `amc.export.export`) and say where."""
+    from amc.export import export
+
+    for kind in kinds:
+        path = export(model, input_shape, out, kind)
+        print(f"exported {kind}: {path}", file=sys.stderr)

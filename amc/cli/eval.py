@@ -1,0 +1,105 @@
+"""`amc eval`: accuracy, MACs, parameters and CPU latency of a model; `--compare DENSE PRUNED` side by side."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from amc.cli import command
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split", choices=("test", "val"), default="test",
+                        help="test split, or val: the seeded held-out part of TRAIN (--val-size, --seed)")
+    parser.add_argument("--compare", nargs=2, metavar=("DENSE", "PRUNED"),
+                        help="compare two models (--checkpoint belongs to DENSE): accuracy, MACs, params, "
+                             "CPU latency at batch 1 and 64, speed-up")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="time the models in channels-last memory layout, usually the faster one on a CPU")
+
+
+@command(
+    "eval", "accuracy, MACs, parameters and CPU latency of a model (dense, or an amc pruned-model file)",
+    shared=("model", "checkpoint", "dataset", "data_dir", "seed", "val_size"),
+    required=("dataset",),
+    arguments=_arguments,
+)
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from amc.cli import common
+    from amc.data.datasets import load_dataset
+    from amc.data.split import split_train_val
+    from amc.data.transforms import normalize
+    from amc.engine.cost import count_macs_params
+    from amc.engine.measure import accuracy, cpu_latency
+    from amc.errors import AmcError
+
+    if args.compare:
+        return _compare(args.compare, args.checkpoint, args.dataset, args.data_dir, args.channels_last, args.json)
+    if not args.model:
+        raise AmcError("eval needs --model MODEL (or --compare DENSE PRUNED)")
+    data = load_dataset(args.dataset, args.data_dir)
+    trained = common.trained_model(args.model, args.checkpoint, data)
+    if args.split == "test":
+        images, labels = data.test.images, data.test.labels
+    else:
+        _, val_idx = split_train_val(len(data.train), args.val_size, args.seed)
+        images, labels = data.train.images[val_idx], data.train.labels[val_idx]
+    acc, _ = accuracy(trained.module, normalize(images, trained.mean, trained.std), labels)
+    macs, params = count_macs_params(trained.module, trained.input_shape)
+    latency = cpu_latency(trained.module, trained.input_shape, channels_last=args.channels_last)
+    threads = torch.get_num_threads()
+    layout = "channels-last" if args.channels_last else "contiguous"
+    if args.json:
+        common.print_json({"model": args.model, "split": args.split, "accuracy": acc, "images": len(labels),
+                           "macs": macs, "params": params, "latency_ms": latency, "threads": threads, "layout": layout})
+        return 0
+    common.print_rows([
+        ("model", args.model),
+        ("split", f"{args.split} ({len(labels)} images)"),
+        ("accuracy", f"{100 * acc:.2f}%"),
+        ("MACs", f"{macs:,}"),
+        ("params", f"{params:,}"),
+        ("latency", f"{latency:.3f} ms (batch 1, {threads} CPU threads, {layout} layout)"),
+    ])
+    return 0
+
+
+def _compare(specs: list[str], checkpoint: str | None, dataset: str, data_dir: str | None, channels_last: bool,
+             as_json: bool) -> int:
+    """One table for a dense and a pruned model on the test split, latency as medians of repeated runs."""
+    import torch
+
+    from amc.cli import common
+    from amc.data.datasets import load_dataset
+    from amc.data.transforms import normalize
+    from amc.engine.cost import count_macs_params
+    from amc.engine.measure import accuracy, cpu_latencies
+
+    data = load_dataset(dataset, data_dir)
+    threads = torch.get_num_threads()
+    layout = "channels-last" if channels_last else "contiguous"
+    models, rows = [], []
+    for spec, weights in zip(specs, (checkpoint, None)):
+        trained = common.trained_model(spec, weights, data)
+        acc, _ = accuracy(trained.module, normalize(data.test.images, trained.mean, trained.std), data.test.labels)
+        macs, params = count_macs_params(trained.module, trained.input_shape)
+        models.append(trained.module)
+        rows.append({"model": spec, "test_accuracy": acc, "macs": macs, "params": params})
+    for b in (1, 64):  # both models in each round of timing, so the machine's load hits them alike
+        for row, ms in zip(rows, cpu_latencies(models, trained.input_shape, b, channels_last=channels_last)):
+            row[f"latency_ms_batch{b}"] = ms
+    dense, pruned = rows
+    speedup = {b: dense[f"latency_ms_batch{b}"] / pruned[f"latency_ms_batch{b}"] for b in (1, 64)}
+    if as_json:
+        common.print_json({"models": rows, "speedup_batch1": speedup[1], "speedup_batch64": speedup[64],
+                           "threads": threads, "layout": layout})
+        return 0
+    print(f"{'model':<28}{'test acc':>9}{'MACs':>14}{'params':>11}{'ms @1':>9}{'ms @64':>9}")
+    for r in rows:
+        print(f"{Path(r['model']).name:<28}{100 * r['test_accuracy']:>8.2f}%{r['macs']:>14,}{r['params']:>11,}"
+              f"{r['latency_ms_batch1']:>9.2f}{r['latency_ms_batch64']:>9.1f}")
+    print(f"speed-up: {speedup[1]:.2f}x at batch 1, {speedup[64]:.2f}x at batch 64 "
+          f"(median CPU latency, {threads} threads, {layout} layout); MACs {dense['macs'] / pruned['macs']:.2f}x fewer")
+    return 0

@@ -1,0 +1,112 @@
+"""`amc finetune`: fine-tune a pruned-model file; under `torchrun` with DistributedDataParallel. The flags and
+the run of fine-tuning are shared with `amc apply --finetune-epochs`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from amc.cli import command
+from amc.train.config import FinetuneConfig
+
+# `--export` formats; `amc.export.EXPORT_FORMATS` is the source (a test checks they agree), kept here so that
+# `--help` does not import torch.
+EXPORT_FORMATS = ("program", "onnx")
+
+
+def finetune_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
+    """The fine-tuning flags; `epochs` 0 names the epochs flag `--finetune-epochs` (apply), else `--epochs`."""
+    defaults = FinetuneConfig()
+    flag = "--epochs" if epochs else "--finetune-epochs"
+    parser.add_argument(flag, dest="finetune_epochs", type=int, default=epochs,
+                        help="epochs of fine-tuning (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=defaults.lr,
+                        help="peak SGD learning rate for batch 128 (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per step (default %(default)s)")
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="(default %(default)s)")
+    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, help="(default %(default)s)")
+    parser.add_argument("--distill-alpha", type=float, default=defaults.distill_alpha,
+                        help="weight of distillation from the dense model (default %(default)s: none)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", default=defaults.device, help="cpu, cuda or cuda:N (default %(default)s)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted fine-tuning of --out")
+    parser.add_argument("--export", choices=EXPORT_FORMATS, action="append", default=[],
+                        help="also write OUT.pt2 (a torch.export program, loads with plain torch) or OUT.onnx; "
+                             "repeatable")
+
+
+def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
+    """The `FinetuneConfig` of the fine-tuning flags."""
+    return FinetuneConfig(epochs=args.finetune_epochs, batch_size=args.batch_size, lr=args.lr,
+                          weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+                          distill_alpha=args.distill_alpha, seed=args.seed, num_threads=args.threads,
+                          device=args.device)
+
+
+def finetune_and_save(pruned: Any, data: Any, config: FinetuneConfig, out: str, *, val_size: int | None,
+                      resume: bool, teacher: Any = None) -> None:
+    """Fine-tune the `PrunedModel` on the TRAIN split less `val`, keeping the best epoch on `val` in `out`."""
+    from amc.data.split import split_train_val
+    from amc.train import distributed
+    from amc.train.finetune import finetune
+
+    train_idx, val_idx = split_train_val(len(data.train), val_size, config.seed)
+    try:
+        result = finetune(pruned.module, data.train.subset(train_idx), data.train.subset(val_idx), pruned.mean,
+                          pruned.std, config, teacher=teacher if config.distill_alpha > 0 else None, out=out,
+                          resume=resume, save_fn=lambda model, path: pruned.with_module(model).save(path))
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"every finished epoch is kept beside {out}: continue with the same "
+                                "arguments plus --resume") from None
+    if distributed.is_main():
+        print(f"fine-tuned {config.epochs} epochs: best val accuracy {100 * result.best_val_accuracy:.2f}% "
+              f"(epoch {result.best_epoch}), written to {out}", file=sys.stderr)
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    finetune_arguments(parser, epochs=FinetuneConfig.epochs)
+    parser.add_argument("--teacher", metavar="MODEL", help="dense model to distill from (with --distill-alpha)")
+    parser.add_argument("--teacher-checkpoint", metavar="FILE", help="the teacher's weights")
+
+
+@command(
+    "finetune", "fine-tune a pruned-model file (SGD, Nesterov, cosine); runs under torchrun for DDP",
+    shared=("model", "dataset", "data_dir", "out", "force", "seed", "val_size"),
+    required=("model", "dataset", "out"),
+    arguments=_arguments,
+)
+def run(args: argparse.Namespace) -> int:
+    from amc.cli import common
+    from amc.data.datasets import load_dataset
+    from amc.data.transforms import normalize
+    from amc.engine.measure import accuracy
+    from amc.errors import AmcError
+    from amc.models.pruned import PrunedModel, load_model
+    from amc.models.trained import load_trained_model
+    from amc.train import distributed
+
+    if not common.is_model_file(args.model):
+        raise AmcError(f"finetune takes an amc pruned-model file (from amc apply); {args.model} is not a .pt file")
+    if not args.resume:
+        common.check_out(args.out, args.force)
+    data = load_dataset(args.dataset, args.data_dir)
+    common.trained_model(args.model, None, data)  # checks the file fits the dataset
+    pruned = PrunedModel.load(args.model)
+    teacher = None
+    if args.teacher:
+        teacher = load_trained_model(args.teacher, args.teacher_checkpoint, dataset=data).module
+    elif args.distill_alpha > 0:
+        raise AmcError("--distill-alpha needs --teacher MODEL (and --teacher-checkpoint FILE): the dense model")
+    finetune_and_save(pruned, data, finetune_config(args), args.out, val_size=args.val_size, resume=args.resume,
+                      teacher=teacher)
+    if not distributed.is_main():  # under torchrun, rank 0 alone measures, exports and reports
+        return 0
+    best = load_model(args.out)
+    acc, _ = accuracy(best, normalize(data.test.images, pruned.mean, pruned.std), data.test.labels)
+    common.export_all(best, pruned.input_shape, args.out, args.export)
+    if args.json:
+        common.print_json({"out": args.out, "test_accuracy": acc, "epochs": args.finetune_epochs})
+    else:
+        print(f"wrote {args.out}: test accuracy {100 * acc:.2f}%")
+    return 0

@@ -1,0 +1,38 @@
+"""`amc profile`: the prunable channel groups of a model and their share of its MACs."""
+
+from __future__ import annotations
+
+import argparse
+
+from amc.cli import command
+
+
+@command(
+    "profile", "the prunable channel groups of a model and their share of its MACs (needs only shapes)",
+    shared=("model", "checkpoint", "dataset", "data_dir", "input_shape"),
+)
+def run(args: argparse.Namespace) -> int:
+    from amc.cli import common
+    from amc.engine.cost import count_macs_params
+    from amc.engine.pruner import ChannelPruner
+
+    trained = common.trained_model(args.model, args.checkpoint, common.dataset(args.dataset, args.data_dir),
+                                   args.input_shape)
+    pruner = ChannelPruner(trained.module, trained.input_shape)
+    macs, params = count_macs_params(trained.module, trained.input_shape)
+    groups = [
+        {"name": g.name, "channels": g.channels, "macs": int(share), "min_keep": g.min_keep, "consumer": g.consumer}
+        for g, share in zip(pruner.groups, pruner.cost.group_macs())
+    ]
+    if args.json:
+        common.print_json({"model": args.model, "macs": macs, "params": params, "groups": groups})
+        return 0
+    width = max([len("group"), *(len(g["name"]) for g in groups)])
+    print(f"{'group':<{width}}  {'channels':>8}  {'MACs %':>7}  {'min_keep':>8}  refit consumer")
+    for g in groups:
+        print(f"{g['name']:<{width}}  {g['channels']:>8}  {100 * g['macs'] / macs:>7.2f}  {g['min_keep']:>8}  "
+              f"{g['consumer'] or '-'}")
+    print(f"\n{len(groups)} groups; dense model: {macs:,} MACs, {params:,} params, input {trained.input_shape}")
+    print("MACs %: share of the dense MACs in the layers a group's channels come from or feed "
+          "(a layer between two groups counts for both)")
+    return 0

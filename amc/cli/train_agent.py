@@ -1,0 +1,85 @@
+"""`amc train-agent`: the AMC search (agents.search), written to a resumable run folder."""
+
+from __future__ import annotations
+
+import argparse
+
+from agents.config import ALGORITHMS, SearchConfig
+from amc.cli import command
+from envs import REWARDS
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    d = SearchConfig
+    parser.add_argument("--out", metavar="DIR",
+                        help="the run folder (default runs/MODEL-KIND<percent>, e.g. runs/digits_cnn-flops50)")
+    parser.add_argument("--force", action="store_true", help="replace the run folder --out if it has results")
+    parser.add_argument("--reward", choices=REWARDS, default=d.reward,
+                        help="acc, flops (-error*log MACs), params (-error*log params) or latency "
+                             "(-error*log microseconds) (default %(default)s)")
+    parser.add_argument("--episodes", type=int, default=d.episodes, help="episodes in all (default %(default)s)")
+    parser.add_argument("--warmup", type=int, default=d.warmup,
+                        help="first episodes with uniformly random actions (default %(default)s)")
+    parser.add_argument("--algo", choices=ALGORITHMS, default=d.algo, help="SB3 algorithm (default %(default)s)")
+    parser.add_argument("--lbound", type=float, default=d.lbound, help="smallest preserve ratio (default %(default)s)")
+    parser.add_argument("--rbound", type=float, default=d.rbound, help="largest preserve ratio (default %(default)s)")
+    parser.add_argument("--device", default=d.device, help="device of the agent's networks (default %(default)s)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+@command(
+    "train-agent", "search a pruning policy with the AMC agent (no arguments: the embedded digits model at 50%% FLOPs)",
+    shared=("model", "checkpoint", "dataset", "data_dir", "seed", "val_size", "budget", "selection"),
+    required=(),
+    arguments=_arguments,
+)
+def run(args: argparse.Namespace) -> int:
+    import warnings
+    from pathlib import Path
+
+    from agents.search import run_search
+    from amc.cli import common
+    from amc.engine.budget import Budget
+    from amc.errors import AmcError
+    from amc.models.zoo import digits_checkpoint
+
+    budget = common.budget(args.target_flops, args.target_params, args.target_latency, args.latency_batch)
+    budget = budget or Budget(SearchConfig.budget_kind, SearchConfig.budget_ratio)
+    model = args.model or SearchConfig.model
+    dataset = args.dataset or ("digits" if model == "digits_cnn" else None)
+    if dataset is None:
+        raise AmcError("train-agent needs --dataset (and --data-dir) for the reward; e.g. --dataset cifar10 --data-dir DIR")
+    checkpoint = args.checkpoint
+    if checkpoint is None and model == "digits_cnn" and dataset == "digits":
+        checkpoint = str(digits_checkpoint())
+    if checkpoint is None:
+        warnings.warn(f"no --checkpoint: searching the untrained model {model}")
+    out = args.out or str(Path("runs") / f"{Path(model).stem}-{budget.kind}{round(100 * budget.ratio)}")
+    config = SearchConfig(
+        model=model, checkpoint=checkpoint, dataset=dataset, data_dir=args.data_dir, budget_kind=budget.kind,
+        budget_ratio=budget.ratio, reward=args.reward, latency_batch=args.latency_batch,
+        latency_channels_last=args.latency_channels_last, episodes=args.episodes, warmup=args.warmup,
+        val_size=args.val_size, seed=args.seed, algo=args.algo, lbound=args.lbound, rbound=args.rbound,
+        selection=args.selection or SearchConfig.selection, device=args.device, out=out,
+    )
+    try:
+        result = run_search(config, resume=args.resume, force=args.force, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"every finished episode is kept in {out}: continue with the same arguments "
+                                "plus --resume") from None
+    best, uniform = result.best, result.uniform
+    if args.json:
+        common.print_json({"run": str(result.run_dir), "episodes": result.episodes, "seconds": result.seconds,
+                           "best": best.to_dict(), "uniform": uniform.to_dict()})
+        return 0
+    print(f"run folder: {result.run_dir} ({result.episodes} episodes, {result.seconds / 60:.1f} min)")
+    print(f"{'group':<24}{'channels':>9}{'amc':>6}{'uniform':>9}")
+    for mine, flat in zip(best.groups, uniform.groups):
+        print(f"{mine.name:<24}{mine.channels:>9}{mine.keep:>6}{flat.keep:>9}")
+    for name, policy in (("amc", best), ("uniform", uniform)):
+        p = policy.predicted
+        print(f"{name:<8} val accuracy {100 * policy.extra['val_accuracy']:.2f}%  MACs {100 * p['macs_ratio']:.2f}%  "
+              f"params {100 * p['params_ratio']:.2f}% of dense")
+    print(f"best policy: {result.run_dir / 'best_policy.json'}")
+    return 0

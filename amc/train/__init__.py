@@ -1,0 +1,1 @@
+"""Training a pruned model: fine-tuning (`finetune`) and its multi-process set-up (`distributed`)."""
