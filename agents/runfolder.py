@@ -81,7 +81,7 @@ class EpisodeLog:
         """
         lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
         complete = [line for line in lines if line.endswith("\n")]
-        if complete and complete[0] != self._header():
+        if complete and complete[0].rstrip("\r\n") != self._header().rstrip("\r\n"):
             raise AmcError(f"{self.path} has other columns than this search writes (a run of an older amc?); "
                            "start a new run with another --out")
         atomic_write_text(self.path, "".join(complete[: episodes + 1]) if complete else self._header())

@@ -12,8 +12,10 @@ class AmcError(Exception):
 
 
 def one_line(exc: BaseException) -> str:
-    """An exception's message with every run of whitespace (newlines included) collapsed to one space."""
-    return " ".join(str(exc).split())
+    """`Type: message` of an exception on one line (every run of whitespace, newlines included, becomes one
+    space); just `Type` when the message is empty."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def first(names: Sequence[str], shown: int = SHOWN) -> str:

@@ -1,12 +1,14 @@
 """Benchmark: the AMC agent against uniform, random search, sensitivity analysis and DP, on TEST.
 
 Every method gets the same model, data, reward split, budget and seed; random search evaluates exactly as
-many episodes as the agent. Each finished (model, budget, method) is saved under `--runs` and skipped when
-the command is run again, so the whole grid can run in parts and resume. Every policy is evaluated on the
-test split after re-fit and BatchNorm re-estimation, without fine-tuning. Writes
-`bench/results/baselines.json`, `.md` and `baselines.png` (test accuracy vs MACs, one point per method).
+many episodes as the agent. Each finished (model, budget, method) is saved under
+`RUNS/bench-baselines_v<reward images>_s<seed>/` and skipped when the command is run again, so the whole
+grid can run in parts and resume; the AMC search runs in `RUNS/bench-<model>_f<pct>_v<reward images>_s<seed>`
+(shared with bench/search.py's run of the same settings). Every policy is evaluated on the test split after
+re-fit and BatchNorm re-estimation, without fine-tuning. Writes `bench/results/baselines.json`, `.md` and
+`baselines.png` (test accuracy vs MACs, one point per method).
 
-    python bench/baselines.py --data-dir DIR --models resnet20,resnet56 --budgets 0.5,0.3
+    python bench/baselines.py --data-dir DIR --models resnet20,resnet56 --budgets 0.5,0.3 --val-size 1000
 """
 
 from __future__ import annotations
@@ -16,34 +18,29 @@ import json
 import time
 from pathlib import Path
 
+import common  # bench/common.py; puts the repository on sys.path
 import numpy as np
-import torch
 
-import common  # noqa: E402  (bench/common.py; puts the repository on sys.path)
-
-from agents.baselines import SensitivityTable, dp, run_baseline, sensitivity, sensitivity_table  # noqa: E402
-from agents.search import SearchConfig, run_search  # noqa: E402
-from amc.engine.budget import Budget  # noqa: E402
-from amc.fileio import atomic_write_json  # noqa: E402
-from amc.policy import Policy  # noqa: E402
-from amc.reward import Task, prepare_task  # noqa: E402
+from agents.baselines import SensitivityTable, dp, run_baseline, sensitivity, sensitivity_table
+from agents.search import run_search
+from amc.engine.budget import Budget
+from amc.fileio import atomic_write_json
+from amc.reward import Task
 
 METHODS = ("uniform", "random", "sensitivity", "dp", "amc")
 TABLES: dict[str, SensitivityTable] = {}
 
 
-def run_method(method: str, task: Task, model: str, checkpoint: str, data_dir: str, ratio: float,
-               args: argparse.Namespace) -> dict:
+def run_method(method: str, task: Task, model: str, checkpoint: str, ratio: float, args: argparse.Namespace) -> dict:
     """Counts, val accuracy and cost of one method; the AMC search resumes its run folder if it exists."""
     started = time.monotonic()
     budget = Budget("flops", ratio)
     if method == "amc":
-        config = SearchConfig(model=model, checkpoint=checkpoint, dataset="imagefolder", data_dir=data_dir,
-                              budget_ratio=ratio, episodes=args.episodes, warmup=args.warmup, val_size=args.val_size,
-                              seed=args.seed, out=str(Path(args.runs) / f"bench-{model}_f{round(100 * ratio)}"))
+        config = common.in_run_folder(args.runs, common.search_config(
+            args, model=model, checkpoint=checkpoint, budget_ratio=ratio, episodes=args.episodes, warmup=args.warmup))
         result = run_search(config, resume=(Path(config.out) / "config.json").exists(), progress=False, task=task)
-        counts = Policy.from_dict(result.best).counts_for(task.pruner)
-        return {"counts": counts.tolist(), "val_accuracy": result.best["val_accuracy"], "evaluations": result.episodes,
+        return {"counts": result.best.counts_for(task.pruner).tolist(),
+                "val_accuracy": result.best.extra["val_accuracy"], "evaluations": result.episodes,
                 "seconds": result.seconds}
     if method in ("sensitivity", "dp"):  # one sensitivity table per model serves both
         table = TABLES[model] = TABLES.get(model) or sensitivity_table(task)
@@ -75,34 +72,26 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--weights", default=str(common.ROOT.parent / "shared" / "weights"))
-    parser.add_argument("--models", default="resnet20,resnet56")
+def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) -> None:
+    parser = common.parser("baselines", __doc__)
+    common.add_common_args(parser, weights="dir", val_size=True, runs=True)
     parser.add_argument("--budgets", default="0.5,0.3")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--episodes", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--val-size", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--runs", default=str(common.ROOT / "runs"))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    parts = Path(args.runs) / "bench-baselines"
-    for model in args.models.split(","):
-        checkpoint = str(Path(args.weights) / f"{model}-cifar10jpg.pt")
+    args = common.parse_args(parser, argv)
+    common.resolve_val_size(args)
+    parts = Path(args.runs) / f"bench-baselines_v{args.val_size}_s{args.seed}"
+    for model, checkpoint in common.models(args):
         task: Task | None = None
         for ratio in (float(b) for b in args.budgets.split(",")):
             for method in args.methods.split(","):
                 part = parts / f"{model}_f{round(100 * ratio)}_{method}.json"
                 if part.exists():
                     continue
-                task = task or prepare_task(model, checkpoint, "imagefolder", args.data_dir, val_size=args.val_size,
-                                            seed=args.seed)
+                task = task or common.task_from_args(args, model=model, checkpoint=checkpoint)
                 row = {"model": model, "budget": ratio, "method": method,
-                       **run_method(method, task, model, checkpoint, args.data_dir, ratio, args)}
+                       **run_method(method, task, model, checkpoint, ratio, args)}
                 counts = np.array(row["counts"])
                 dense = task.pruner.cost.macs(task.pruner.channels)
                 row["macs_ratio"] = float(task.pruner.cost.macs(counts) / dense)
@@ -111,14 +100,12 @@ def main() -> None:
                 atomic_write_json(part, row)
                 print(json.dumps({k: v for k, v in row.items() if k != "counts"}), flush=True)
     rows = [json.loads(p.read_text()) for p in sorted(parts.glob("*.json"))]
-    summary = {"benchmark": "baselines", "command": common.command("baselines.py"), "seed": args.seed,
-               "machine": common.machine(args.threads), "episodes": args.episodes, "val_size": args.val_size,
-               "rows": rows}
+    summary = common.summary("baselines", args, episodes=args.episodes, val_size=args.val_size, rows=rows)
     lines = [
         "# AMC vs baselines (test accuracy %, no fine-tuning; val accuracy % on the reward split in brackets)",
         "",
-        f"Command: `{summary['command']}`; seed {args.seed}; machine: {summary['machine']}. Reward split: "
-        f"{args.val_size} held-out TRAIN images; random search and AMC evaluate {args.episodes} episodes.",
+        f"{common.header(summary)} Reward split: {args.val_size} held-out TRAIN images; random search and AMC "
+        f"evaluate {args.episodes} episodes.",
         "",
         "| model | FLOPs budget | dense | " + " | ".join(METHODS) + " |",
         "|---|---|---|" + "---|" * len(METHODS),
@@ -130,8 +117,8 @@ def main() -> None:
             cells.append("-" if row is None else f"{100 * row['test_accuracy']:.2f} ({100 * row['val_accuracy']:.1f})")
         dense = next(r["dense_test_accuracy"] for r in rows if (r["model"], r["budget"]) == (model, ratio))
         lines.append(f"| {model} | {ratio:g} | {100 * dense:.2f} | " + " | ".join(cells) + " |")
-    common.write("baselines", summary, lines)
-    plot(rows, common.ROOT / "bench" / "results" / "baselines.png")
+    common.write("baselines", summary, lines, results)
+    plot(rows, Path(results) / "baselines.png")
 
 
 if __name__ == "__main__":

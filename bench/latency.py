@@ -13,31 +13,29 @@ overhead. Writes `bench/results/latency_<model>.json` and `.md`.
 
 from __future__ import annotations
 
-import argparse
+from pathlib import Path
 
+import common  # bench/common.py; puts the repository on sys.path
 import numpy as np
 import torch
 
-import common  # noqa: E402  (bench/common.py; puts the repository on sys.path)
-
-from amc.engine.budget import ratio_counts  # noqa: E402
-from amc.engine.cost import count_macs_params  # noqa: E402
-from amc.models import create_model  # noqa: E402
-from amc.policy import Policy  # noqa: E402
-from amc.engine.pruner import ChannelPruner  # noqa: E402
+from amc.engine.budget import ratio_counts
+from amc.engine.cost import count_macs_params
+from amc.engine.pruner import ChannelPruner
+from amc.models import create_model
+from amc.policy import Policy
 
 FRACTIONS = (1.0, 0.75, 0.5, 0.25, 0.0)  # 0: every group keeps one channel (its minimum)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
+def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) -> None:
+    parser = common.parser("latency", __doc__)
+    common.add_common_args(parser, data=False)
+    parser.add_argument("--model", required=True, help="registry name of the model (untrained: latency does not "
+                        "depend on the weights)")
     parser.add_argument("--input-shape", default="3,32,32", help="C,H,W of one input")
     parser.add_argument("--policy", action="append", default=[], metavar="NAME=FILE")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = common.parse_args(parser, argv)
     torch.manual_seed(args.seed)
     shape = tuple(int(p) for p in args.input_shape.split(","))
     dense = create_model(args.model).eval()
@@ -56,12 +54,11 @@ def main() -> None:
     rows = [{"model": name, "macs_ratio": count_macs_params(m, shape)[0] / dense_macs, **timed}
             for name, m, timed in zip(names, models, common.latencies(models, shape))]
 
-    summary = {"benchmark": "latency", "model": args.model, "command": common.command("latency.py"),
-               "seed": args.seed, "machine": common.machine(args.threads), "rows": rows}
+    summary = common.summary("latency", args, model=args.model, rows=rows)
     lines = [
         f"# {args.model}: CPU speed-up of channel pruning against MACs (untrained weights, BatchNorm folded)",
         "",
-        f"Command: `{summary['command']}`; seed {args.seed}; machine: {summary['machine']}.",
+        common.header(summary),
         "",
         "Median latency of interleaved rounds; contiguous / channels-last memory layout.",
         "",
@@ -70,7 +67,7 @@ def main() -> None:
     ]
     for r in rows:
         lines.append(f"| {r['model']} | {r['macs_ratio']:.3f} | " + common.latency_cells(r))
-    common.write(f"latency_{args.model}", summary, lines)
+    common.write(f"latency_{args.model}", summary, lines, results)
 
 
 if __name__ == "__main__":

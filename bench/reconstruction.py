@@ -11,17 +11,14 @@ re-estimation (the search's evaluation). No fine-tuning. Writes `bench/results/r
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
-import torch
+import common  # bench/common.py; puts the repository on sys.path
 
-import common  # noqa: E402  (bench/common.py; puts the repository on sys.path)
-
-from amc.engine.budget import uniform_counts  # noqa: E402
-from amc.engine.cost import count_macs_params  # noqa: E402
-from amc.reward import RewardEvaluator, prepare_task  # noqa: E402
+from amc.engine.budget import uniform_counts
+from amc.engine.cost import count_macs_params
+from amc.reward import RewardEvaluator
 
 VARIANTS = {  # name: (least-squares re-fit, BatchNorm re-estimation)
     "selection only": ("none", False),
@@ -30,24 +27,21 @@ VARIANTS = {  # name: (least-squares re-fit, BatchNorm re-estimation)
     "re-fit + BN": ("gram", True),
     "sequential re-fit + BN (search default)": ("sequential", True),
 }
+# Held-out TRAIN images: this benchmark measures on TEST and never reads them, but their number decides
+# which TRAIN images the calibration and re-fit samples come from, so it stays that of the committed results.
+VAL_SIZE = 1000
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--weights", default=str(common.ROOT.parent / "shared" / "weights"))
-    parser.add_argument("--models", default="resnet20,resnet56")
+def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) -> None:
+    parser = common.parser("reconstruction", __doc__)
+    common.add_common_args(parser, weights="dir", threads=2)
     parser.add_argument("--target-flops", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--selections", default="l1,ls")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    results = []
-    for model, selection in ((m, s) for m in args.models.split(",") for s in args.selections.split(",")):
+    args = common.parse_args(parser, argv)
+    rows = []
+    for (model, checkpoint), selection in ((m, s) for m in common.models(args) for s in args.selections.split(",")):
         started = time.monotonic()
-        task = prepare_task(model, Path(args.weights) / f"{model}-cifar10jpg.pt", "imagefolder", args.data_dir,
-                            val_size=1000, seed=args.seed, selection=selection)
+        task = common.task_from_args(args, model=model, checkpoint=checkpoint, val_size=VAL_SIZE, selection=selection)
         pruner, base = task.pruner, task.evaluator
         dense_macs = int(pruner.cost.macs(pruner.channels))
         counts = uniform_counts(pruner, pruner.cost.macs, args.target_flops * dense_macs)
@@ -61,21 +55,15 @@ def main() -> None:
         macs, params = count_macs_params(pruned, task.model.input_shape)
         row.update(pruned_macs=macs, macs_ratio=macs / dense_macs, pruned_params=params,
                    seconds=time.monotonic() - started)
-        results.append(row)
+        rows.append(row)
         print(row, flush=True)
-    summary = {
-        "benchmark": "reconstruction",
-        "budget": {"kind": "flops", "ratio": args.target_flops},
-        "policy": "uniform",
-        "command": common.command("reconstruction.py"),
-        "seed": args.seed,
-        "machine": common.machine(args.threads),
-        "results": results,
-    }
+    summary = common.summary("reconstruction", args, budget={"kind": "flops", "ratio": args.target_flops},
+                             policy="uniform", results=rows)
     lines = [
-        f"# Fast evaluation at the uniform {round(100 * args.target_flops)}% FLOPs policy (test accuracy %, no fine-tuning)",
+        f"# Fast evaluation at the uniform {round(100 * args.target_flops)}% FLOPs policy (test accuracy %, "
+        "no fine-tuning)",
         "",
-        f"Command: `{summary['command']}`; seed {args.seed}; machine: {summary['machine']}.",
+        common.header(summary),
         "Selection: l1 = magnitude of the consuming weights (AMC's reference), ls = greedy least squares "
         "(default). Re-fit: least squares from the original network's inputs on 3,000 calibration images (10 "
         "positions each) of the train split; BN: statistics re-estimated on 256 train images; sequential re-fit: "
@@ -84,11 +72,11 @@ def main() -> None:
         "| model | selection | dense | " + " | ".join(VARIANTS) + " | MACs ratio |",
         "|---|---|---|" + "---|" * len(VARIANTS) + "---|",
     ]
-    for row in results:
+    for row in rows:
         cells = " | ".join(f"{100 * row[name]:.2f}" for name in VARIANTS)
         lines.append(f"| {row['model']} | {row['selection']} | {100 * row['dense_test_accuracy']:.2f} | {cells} | "
                      f"{row['macs_ratio']:.4f} |")
-    common.write("reconstruction", summary, lines)
+    common.write("reconstruction", summary, lines, results)
 
 
 if __name__ == "__main__":

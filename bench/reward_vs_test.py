@@ -8,28 +8,29 @@ calibration images) and measures on TEST, with the search's own fast evaluation 
 - a greedy local search on the reward from the best policy: `--local-steps` moves, each taking one or two
   channels from one group and giving another group as many as the budget allows, kept when the reward-split
   accuracy rises; the test accuracy of every kept move.
-Writes `bench/results/reward_vs_test_<run folder>.json` and `.md`.
+Writes `bench/results/reward_vs_test_<run folder>.json` and `.md` (for a run folder of bench/search.py or
+bench/baselines.py, `bench-<model>_f<pct>_v<reward images>_s<seed>`, the name of that search's results:
+`reward_vs_test_bench-<model>_f<pct>[_s<seed>]`).
 
-    python bench/reward_vs_test.py --run RUNS/bench-resnet56_f50 --top 8 --sample 8 --local-steps 50
+    python bench/reward_vs_test.py --run RUNS/bench-resnet56_f50_v5000_s0 --top 8 --sample 8 --local-steps 50
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
+import dataclasses
 import json
 import time
 from pathlib import Path
 
+import common  # bench/common.py; puts the repository on sys.path
 import numpy as np
-import torch
 
-import common  # noqa: E402  (bench/common.py; puts the repository on sys.path)
-
-from agents.search import SearchConfig  # noqa: E402
-from amc.engine.budget import min_counts, ratio_counts, uniform_counts  # noqa: E402
-from amc.engine.measure import accuracy  # noqa: E402
-from amc.reward import Task, prepare_task  # noqa: E402
+from agents.config import SearchConfig
+from agents.runfolder import EpisodeLog
+from amc.engine.budget import min_counts, ratio_counts, uniform_counts
+from amc.engine.measure import accuracy
+from amc.engine.pruner import ChannelPruner
+from amc.reward import Task
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -72,32 +73,45 @@ def local_search(task: Task, start: np.ndarray, target: float, steps: int, seed:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def result_name(run: Path, config: SearchConfig) -> str:
+    """`reward_vs_test_<run folder name>`; a benchmark's run folder (`common.run_folder`) is named as its
+    search's results, `bench-<model>_f<pct>[_s<seed>]`, which keeps the names of the committed results."""
+    bench = config.val_size is not None and run.name == common.run_folder(run.parent, config).name
+    return "reward_vs_test_" + (f"bench-{common.search_tag(config.model, config.budget_ratio, config.seed)}"
+                                if bench else run.name)
+
+
+def policy_counts(log: EpisodeLog, pruner: ChannelPruner, row: dict[str, str]) -> np.ndarray:
+    """The kept channel counts [G] an `episodes.csv` row logged."""
+    if f"keep:{pruner.names[0]}" in row:
+        return np.array(log.counts(row))
+    # Run folders of the amc before `keep:` columns (commit 7caf9d7) logged each group's kept fraction with
+    # 4 decimals (`ratio:NAME`) instead; fraction x channels rounds back to the exact count.
+    return ratio_counts(pruner, np.array([float(row[f"ratio:{n}"]) for n in pruner.names]))
+
+
+def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) -> None:
+    parser = common.parser("reward_vs_test", __doc__)
     parser.add_argument("--run", required=True, help="run folder of a finished search with a FLOPs budget")
     parser.add_argument("--data-dir", help="the data folder, if it moved since the search")
     parser.add_argument("--top", type=int, default=8)
     parser.add_argument("--sample", type=int, default=8)
     parser.add_argument("--local-steps", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    common.add_common_args(parser, data=False, seed=False)
+    args = common.parse_args(parser, argv)
     run = Path(args.run)
-    config = SearchConfig(**json.loads((run / "config.json").read_text()))
+    config = SearchConfig.from_dict(json.loads((run / "config.json").read_text()))  # older runs' bn_size too
     if config.budget_kind != "flops" or config.reward != "acc":
         raise SystemExit("this benchmark takes a search with a FLOPs budget and the acc reward")
-    task = prepare_task(config.model, config.checkpoint, config.dataset, args.data_dir or config.data_dir,
-                        val_size=config.val_size, seed=config.seed, calib_size=config.calib_size,
-                        bn_size=config.bn_size, selection=config.selection)
+    task = dataclasses.replace(config, data_dir=args.data_dir or config.data_dir).prepare_task()
     pruner, reward_images = task.pruner, len(task.evaluator.val_y)
-    with open(run / "episodes.csv", newline="") as f:
-        rows = sorted(csv.DictReader(f), key=lambda r: -float(r["reward"]))
-    episodes, seen = [], set()
-    for row in rows:  # one row per distinct policy: its earliest episode with its best reward
-        ratios = tuple(row[f"ratio:{n}"] for n in pruner.names)
-        if ratios not in seen:
-            seen.add(ratios)
-            episodes.append(row)
+    log = EpisodeLog(run / "episodes.csv", pruner.names)
+    episodes, seen = [], set()  # one per distinct policy: its earliest episode with its best reward
+    for row in sorted(log.read(), key=lambda r: -float(r["reward"])):
+        counts = policy_counts(log, pruner, row)
+        if tuple(counts) not in seen:
+            seen.add(tuple(counts))
+            episodes.append((row, counts))
     rng = np.random.default_rng(config.seed)
     rest = episodes[args.top:]
     chosen = episodes[: args.top] + [rest[i] for i in sorted(rng.choice(len(rest), args.sample, replace=False))]
@@ -105,8 +119,7 @@ def main() -> None:
     uniform = uniform_counts(pruner, pruner.cost.macs, target)
 
     policies = []
-    for rank, row in enumerate(chosen):
-        counts = ratio_counts(pruner, np.array([float(row[f"ratio:{n}"]) for n in pruner.names]))
+    for rank, (row, counts) in enumerate(chosen):
         started = time.monotonic()
         test = task.test_accuracy(task.evaluator.prune(counts))
         policies.append({"episode": int(row["episode"]), "top": rank < args.top, "reward": float(row["reward"]),
@@ -118,27 +131,26 @@ def main() -> None:
     local = local_search(task, best_counts, target, args.local_steps, config.seed)
 
     top = [p for p in policies if p["top"]]
-    summary = {
-        "benchmark": "reward_vs_test",
-        "run": run.name,
-        "model": config.model,
-        "search": {"episodes": config.episodes, "warmup": config.warmup, "reward_images": reward_images, "seed": config.seed},
-        "command": common.command("reward_vs_test.py"),
-        "machine": common.machine(args.threads),
-        "uniform": {"val_accuracy": uniform_val, "test_accuracy": uniform_test, "counts": uniform.tolist()},
-        "policies": policies,
-        "spearman_all": spearman([p["val_accuracy"] for p in policies] + [uniform_val],
-                                 [p["test_accuracy"] for p in policies] + [uniform_test]),
-        "spearman_top": spearman([p["val_accuracy"] for p in top], [p["test_accuracy"] for p in top]),
-        "local_search": {"steps": args.local_steps, "kept": local},
-    }
+    summary = common.summary(
+        "reward_vs_test", args,
+        seed=config.seed,
+        run=run.name,
+        model=config.model,
+        search={"episodes": config.episodes, "warmup": config.warmup, "reward_images": reward_images,
+                "seed": config.seed},
+        uniform={"val_accuracy": uniform_val, "test_accuracy": uniform_test, "counts": uniform.tolist()},
+        policies=policies,
+        spearman_all=spearman([p["val_accuracy"] for p in policies] + [uniform_val],
+                              [p["test_accuracy"] for p in policies] + [uniform_test]),
+        spearman_top=spearman([p["val_accuracy"] for p in top], [p["test_accuracy"] for p in top]),
+        local_search={"steps": args.local_steps, "kept": local},
+    )
     tests = [100 * p["test_accuracy"] for p in policies]
     table = [
         f"# Reward against test accuracy: {run.name} ({config.model}, {round(100 * config.budget_ratio)}% FLOPs, "
         "no fine-tuning)",
         "",
-        f"Command: `{summary['command']}`; search seed {config.seed}, {reward_images} reward images; "
-        f"machine: {summary['machine']}.",
+        f"{common.header(summary)} Seed and reward split ({reward_images} held-out TRAIN images) are the search's.",
         "",
         "| policies | n | Spearman (reward-split acc, test acc) | test acc range (%) |",
         "|---|---|---|---|",
@@ -155,7 +167,7 @@ def main() -> None:
         "| step | reward-split acc (%) | test acc (%) |",
         "|---|---|---|",
     ] + [f"| {r['step']} | {100 * r['val_accuracy']:.2f} | {100 * r['test_accuracy']:.2f} |" for r in local]
-    common.write(f"reward_vs_test_{run.name}", summary, table)
+    common.write(result_name(run, config), summary, table, results)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def test_bad_input_gives_one_line(files, capsys, name):
     assert "Traceback" not in err
 
 
-def test_existing_run_folder_is_kept(files, capsys, tmp_path):
+def test_existing_run_folder_is_kept(capsys, tmp_path):
     out = tmp_path / "run"
     argv = ["train-agent", "--episodes", "4", "--warmup", "2", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
@@ -118,7 +118,7 @@ def test_existing_out_file_is_kept(files, capsys, tmp_path):
     assert out.read_text() == "mine"
 
 
-def test_debug_shows_the_traceback(files):
+def test_debug_shows_the_traceback():
     from amc.errors import AmcError
 
     with pytest.raises(AmcError):

@@ -22,15 +22,13 @@ from agents.baselines import (
 )
 from amc.engine.budget import Budget, check_reachable, cost_function, min_counts
 from amc.errors import AmcError
-from amc.reward import prepare_task
-from amc.models.zoo import digits_checkpoint
 
 BUDGETS = [Budget("flops", 0.5), Budget("flops", 0.3), Budget("params", 0.5)]
 
 
 @pytest.fixture(scope="module")
-def task():
-    return prepare_task("digits_cnn", digits_checkpoint(), "digits", seed=0)
+def task(digits_task):
+    return digits_task
 
 
 @pytest.fixture(scope="module")

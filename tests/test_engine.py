@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import textwrap
 import warnings
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from amc.engine.reconstruct import recalibrate_batchnorm
 from amc.engine.cost import count_macs_params
 from amc.engine.groups import mask_copy, prune_copy
 from amc.models import create_model
+from amc.models.trained import load_trained_model
+from amc.models.zoo import digits_checkpoint
 from amc.engine.pruner import ChannelPruner
 from amc.engine.reconstruct import _patch_rows, greedy_order, refit
 from amc.reward import RewardEvaluator
@@ -184,25 +187,23 @@ def test_user_model_couplings(analyse: Callable[[str], Analysed]) -> None:
     assert groups["fc1"].consumer == "fc2"
 
 
-def train_digits_cnn(epochs: int = 4) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """A briefly trained digits CNN and normalized (train, test) images."""
+@pytest.fixture(scope="module")
+def digits_trained() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The embedded trained digits CNN (`digits_checkpoint`, trained once per cache) and normalized
+    (train, test) images."""
     data = load_dataset("digits")
-    x_train = normalize(data.train.images, data.mean, data.std)
-    x_test = normalize(data.test.images, data.mean, data.std)
-    torch.manual_seed(0)
-    model = create_model("digits_cnn")
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x_train), generator=g).split(64):
-            optimizer.zero_grad()
-            F.cross_entropy(model(x_train[idx]), data.train.labels[idx]).backward()
-            optimizer.step()
-    return model.eval(), x_train, x_test
+    model = load_trained_model("digits_cnn", digits_checkpoint(), dataset=data).module
+    return model, normalize(data.train.images, data.mean, data.std), normalize(data.test.images, data.mean, data.std)
 
 
-def test_least_squares_refit_reduces_output_error() -> None:
+@pytest.fixture
+def train_digits_cnn(digits_trained) -> Callable[[], tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+    """A fresh copy of the trained digits CNN with its images, per call."""
+    model, x_train, x_test = digits_trained
+    return lambda: (copy.deepcopy(model).eval(), x_train, x_test)
+
+
+def test_least_squares_refit_reduces_output_error(train_digits_cnn) -> None:
     model, x_train, x_test = train_digits_cnn()
     pruner = ChannelPruner(model, (1, 8, 8))
     pruner.calibrate(x_train.split(250))
@@ -214,7 +215,7 @@ def test_least_squares_refit_reduces_output_error() -> None:
     assert refitted < selected
 
 
-def test_sequential_refit_beats_the_gram_refit() -> None:
+def test_sequential_refit_beats_the_gram_refit(train_digits_cnn) -> None:
     model, x_train, x_test = train_digits_cnn()
     pruner = ChannelPruner(model, (1, 8, 8))
     pruner.calibrate(x_train.split(250))
@@ -248,7 +249,7 @@ def test_patch_rows_are_unfold_columns(kernel, stride, padding, dilation) -> Non
     assert torch.equal(_patch_rows(conv, x, positions), want.reshape(-1, cols.shape[1]))
 
 
-def test_least_squares_selection_beats_l1_selection() -> None:
+def test_least_squares_selection_beats_l1_selection(train_digits_cnn) -> None:
     model, x_train, x_test = train_digits_cnn()
     errors = {}
     for selection in ("ls", "l1"):

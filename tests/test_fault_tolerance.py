@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import random
 import shutil
@@ -15,6 +14,10 @@ from pathlib import Path
 import pytest
 
 from amc.models.zoo import digits_checkpoint
+from conftest import rows
+
+# whole `amc train-agent` processes, killed and resumed: about a minute each
+pytestmark = pytest.mark.slow
 
 EPISODES, WARMUP = 40, 10
 
@@ -30,11 +33,6 @@ def env(tmp_path_factory) -> dict[str, str]:
 def command(out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "amc.cli", "train-agent", "--episodes", str(EPISODES), "--warmup", str(WARMUP),
             "--target-flops", "0.4", "--seed", "3", "--out", str(out), "--no-progress", *extra]
-
-
-def rows(run: Path) -> list[dict[str, str]]:
-    with open(run / "episodes.csv", newline="") as f:
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
 
 
 def wait_for_new_episode(run: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:

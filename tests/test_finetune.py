@@ -1,4 +1,4 @@
-"""Fine-tuning (schedule, checkpoints, resume, distillation, DDP under torchrun) and model export."""
+"""Fine-tuning (schedule, checkpoints, resume, distillation, DDP under torchrun) and atomic writes."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import amc.train.finetune
 from amc.data.datasets import ImageSet, load_dataset
 from amc.data.split import default_val_size, split_train_val
 from amc.errors import AmcError
-from amc.export import export_onnx, export_torchscript
+from conftest import assert_one_line
 from amc.fileio import atomic_path
 from amc.train.finetune import FinetuneConfig, finetune, last_checkpoint_path
 from amc.models import create_model, load_checkpoint
@@ -202,7 +202,7 @@ def test_bad_settings_are_one_line_errors(digits) -> None:
                    FinetuneConfig(device="tpu")):  # fmt: skip
         with pytest.raises(AmcError) as excinfo:
             finetune(fresh_model(), *digits, config, progress=False)
-        assert "\n" not in str(excinfo.value)
+        assert_one_line(excinfo.value)
 
 
 DDP_SCRIPT = textwrap.dedent(
@@ -247,6 +247,7 @@ DDP_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo unavailable"
 )
@@ -271,50 +272,6 @@ def test_torchrun_two_processes_train_on_disjoint_shards(tmp_path: Path) -> None
     assert ranks[0]["val_accuracy"] == ranks[1]["val_accuracy"] > 0.5
     reloaded = create_model("digits_cnn")
     load_checkpoint(reloaded, tmp_path / "ddp.pt")
-
-
-def test_torchscript_round_trip_without_amc(trained, tmp_path: Path) -> None:
-    model = copy.deepcopy(trained[0]).train()
-    path = tmp_path / "model.ts"
-    export_torchscript(model, (1, 8, 8), path)
-    assert model.training  # the caller's model keeps its mode
-    x = torch.randn(5, 1, 8, 8)  # another batch size than the trace's
-    loaded = torch.jit.load(str(path))
-    with torch.no_grad():
-        assert torch.allclose(loaded(x), model.eval()(x), atol=1e-6)
-
-    torch.save(x, tmp_path / "x.pt")
-    # A fresh interpreter that cannot import amc loads and runs the file.
-    code = (
-        "import sys; sys.modules['amc'] = None; import torch; torch.set_num_threads(1); "
-        f"m = torch.jit.load({str(path)!r}); x = torch.load({str(tmp_path / 'x.pt')!r}); "
-        f"torch.save(m(x), {str(tmp_path / 'y.pt')!r})"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, timeout=120)
-    with torch.no_grad():
-        assert torch.allclose(torch.load(tmp_path / "y.pt"), model(x), atol=1e-6)
-
-
-def test_onnx_export_has_a_dynamic_batch_axis(trained, tmp_path: Path) -> None:
-    onnx = pytest.importorskip("onnx")
-    path = tmp_path / "model.onnx"
-    export_onnx(trained[0], (1, 8, 8), path)
-    graph = onnx.load(str(path))
-    assert graph.opset_import[0].version == 17
-    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
-    ort = pytest.importorskip("onnxruntime")
-    x = torch.randn(3, 1, 8, 8)
-    (y,) = ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})
-    with torch.no_grad():
-        assert torch.allclose(torch.from_numpy(y), trained[0].eval()(x), atol=1e-5)
-
-
-def test_onnx_export_without_onnx_is_a_one_line_error(trained, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` fail
-    path = tmp_path / "model.onnx"
-    with pytest.raises(AmcError, match=r"pip install 'amc\[onnx\]'"):
-        export_onnx(trained[0], (1, 8, 8), path)
-    assert not path.exists()
 
 
 def test_atomic_path_keeps_the_old_file_on_failure(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ import torch.nn as nn
 from amc.errors import AmcError
 from amc.models import create_model, list_models, load_checkpoint, read_checkpoint
 from amc.models.mobilenetv2 import mobilenetv2
+from conftest import assert_one_line, real_checkpoint
 
-WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
 BUILT_IN = {
     *("digits_cnn", "mobilenetv2", "plain20", "vgg16"),
     *("resnet20", "resnet32", "resnet44", "resnet56", "resnet110"),
@@ -22,20 +22,6 @@ ALL_MODELS = list_models()
 
 def example_input(name: str) -> torch.Tensor:
     return torch.randn(2, 1, 8, 8) if name == "digits_cnn" else torch.randn(2, 3, 32, 32)
-
-
-def real_checkpoint(name: str) -> Path:
-    path = WEIGHTS / f"{name}-cifar10jpg.pt"
-    if not path.is_file():
-        pytest.skip(f"pretrained checkpoint {path} absent (it lives in ../shared beside the clone)")
-    return path
-
-
-def assert_one_line_error(excinfo: pytest.ExceptionInfo[AmcError], *fragments: str) -> None:
-    message = str(excinfo.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message
 
 
 def test_registry_lists_every_built_in_model() -> None:
@@ -51,7 +37,8 @@ def test_registered_model_forward_shape(name: str) -> None:
 
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_torch_pruning_builds_dependency_graph(name: str) -> None:
-    tp = pytest.importorskip("torch_pruning")
+    import torch_pruning as tp
+
     model = create_model(name)
     tp.DependencyGraph().build_dependency(model, example_inputs=example_input(name)[:1])
 
@@ -84,6 +71,7 @@ def test_mobilenetv2_block_layout_and_width() -> None:
         assert thin(torch.randn(2, 3, 32, 32)).shape == (2, 5)
 
 
+@pytest.mark.realdata
 @pytest.mark.parametrize("name", ["resnet20", "resnet56"])
 def test_real_checkpoint_loads_strictly(name: str) -> None:
     path = real_checkpoint(name)
@@ -93,17 +81,18 @@ def test_real_checkpoint_loads_strictly(name: str) -> None:
     assert meta["arch"] == name and len(meta["mean"]) == 3 and len(meta["std"]) == 3
 
 
+@pytest.mark.realdata
 def test_real_checkpoint_into_wrong_model_names_missing_key() -> None:
     path = real_checkpoint("resnet20")
     with pytest.raises(AmcError) as excinfo:
         load_checkpoint(create_model("resnet56"), path, model_name="resnet56")
-    assert_one_line_error(excinfo, "does not fit model resnet56", "missing keys layer1.3.", "arch resnet20")
+    assert_one_line(excinfo.value, "does not fit model resnet56", "missing keys layer1.3.", "arch resnet20")
 
 
 def test_unknown_model_name_lists_known_names_and_forms() -> None:
     with pytest.raises(AmcError) as excinfo:
         create_model("resnet57")
-    assert_one_line_error(excinfo, "resnet57", "resnet56", "module:factory", "file.py:factory")
+    assert_one_line(excinfo.value, "resnet57", "resnet56", "module:factory", "file.py:factory")
 
 
 USER_MODEL = """
@@ -155,7 +144,7 @@ def test_package_module_factory_builds() -> None:
 def test_user_factory_errors(user_file: Path, attr: str, fragments: tuple[str, ...]) -> None:
     with pytest.raises(AmcError) as excinfo:
         create_model(f"{user_file}:{attr}")
-    assert_one_line_error(excinfo, *fragments)
+    assert_one_line(excinfo.value, *fragments)
 
 
 @pytest.mark.parametrize(
@@ -165,7 +154,7 @@ def test_user_factory_errors(user_file: Path, attr: str, fragments: tuple[str, .
 def test_user_spec_location_errors(spec: str, fragment: str) -> None:
     with pytest.raises(AmcError) as excinfo:
         create_model(spec)
-    assert_one_line_error(excinfo, fragment)
+    assert_one_line(excinfo.value, fragment)
 
 
 def test_state_dict_with_ddp_prefix_loads(tmp_path: Path) -> None:
@@ -190,7 +179,7 @@ def test_wrong_arch_names_missing_key_and_leaves_model_untouched(tmp_path: Path)
     before = target.linear.weight.clone()
     with pytest.raises(AmcError) as excinfo:
         load_checkpoint(target, path, model_name="resnet32")
-    assert_one_line_error(excinfo, "missing keys layer1.3.conv1.weight", "pass the --model")
+    assert_one_line(excinfo.value, "missing keys layer1.3.conv1.weight", "pass the --model")
     assert torch.equal(target.linear.weight, before)
 
 
@@ -199,7 +188,7 @@ def test_num_classes_mismatch_names_misshaped_key(tmp_path: Path) -> None:
     torch.save(create_model("resnet20", num_classes=100).state_dict(), path)
     with pytest.raises(AmcError) as excinfo:
         load_checkpoint(create_model("resnet20"), path)
-    assert_one_line_error(excinfo, "mis-shaped keys linear.weight (checkpoint [100, 64], model [10, 64])")
+    assert_one_line(excinfo.value, "mis-shaped keys linear.weight (checkpoint [100, 64], model [10, 64])")
 
 
 def test_garbage_file_raises(tmp_path: Path) -> None:
@@ -207,13 +196,13 @@ def test_garbage_file_raises(tmp_path: Path) -> None:
     path.write_bytes(b"\x00\x13 this is not a torch file \xff" * 10)
     with pytest.raises(AmcError) as excinfo:
         read_checkpoint(path)
-    assert_one_line_error(excinfo, "not a readable torch file")
+    assert_one_line(excinfo.value, "not a readable torch file")
 
 
 def test_missing_checkpoint_raises(tmp_path: Path) -> None:
     with pytest.raises(AmcError) as excinfo:
         read_checkpoint(tmp_path / "absent.pt")
-    assert_one_line_error(excinfo, "not found")
+    assert_one_line(excinfo.value, "not found")
 
 
 def test_nan_weight_raises_naming_key(tmp_path: Path) -> None:
@@ -223,7 +212,7 @@ def test_nan_weight_raises_naming_key(tmp_path: Path) -> None:
     torch.save({"state_dict": state}, path)
     with pytest.raises(AmcError) as excinfo:
         load_checkpoint(create_model("digits_cnn"), path)
-    assert_one_line_error(excinfo, "conv2.weight")
+    assert_one_line(excinfo.value, "conv2.weight")
 
 
 def test_pickled_module_checkpoint_loads(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 from pathlib import Path
 
@@ -20,9 +19,9 @@ from amc.models import create_model
 from amc.policy import GroupKeep, Policy
 from amc.models.pruned import load_model, read_model_info, save_pruned
 from amc.engine.pruner import ChannelPruner
+from conftest import assert_user_error, cifar_dir, real_checkpoint
 
 DIGITS_SHAPE = (1, 8, 8)
-WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
 
 # conv -> bn -> relu -> conv -> pool -> Linear: a user factory with a num_classes argument.
 USER_MODEL = textwrap.dedent(
@@ -51,16 +50,6 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def assert_user_error(code: int, err: str, *fragments: str) -> None:
-    """Exit code 2 and a single `amc: error:` line without a traceback."""
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("amc: error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in err
 
 
 def write_policy(path: Path, data: dict) -> Path:
@@ -285,13 +274,6 @@ def test_cli_user_errors_are_one_line(capsys: pytest.CaptureFixture[str], pruner
     code, _, err = run(capsys, *apply, "--policy", bad, "--out", tmp_path / "m.pt")
     assert_user_error(code, err, "conv7", "amc profile")
 
-    existing = tmp_path / "existing.json"
-    existing.write_text("{}")
-    code, _, err = run(capsys, "baseline", "--model", "digits_cnn", "--input-shape", "1,8,8", "--target-flops", "0.5",
-                       "--out", existing)
-    assert_user_error(code, err, str(existing), "--force")
-    assert existing.read_text() == "{}"
-
     good = write_policy(tmp_path / "good.json", valid_policy(pruner))
     code, _, err = run(capsys, "apply", "--model", "digits_cnn", "--input-shape", "1,8,8", "--policy", good,
                        "--out", tmp_path / "m.pt")
@@ -306,11 +288,6 @@ def test_cli_user_errors_are_one_line(capsys: pytest.CaptureFixture[str], pruner
     assert_user_error(code, err, "not an amc model file")
 
 
-def test_cli_debug_reraises() -> None:
-    with pytest.raises(AmcError):
-        main(["eval", "--model", "no_such_net", "--dataset", "digits", "--debug"])
-
-
 def test_cli_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys)[0] == 2
     assert run(capsys, "profile", "--model", "resnet20", "--input-shape", "3x32x32")[0] == 2
@@ -318,11 +295,10 @@ def test_cli_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and out.startswith("amc ")
 
 
+@pytest.mark.realdata
+@pytest.mark.slow
 def test_cli_eval_resnet20_on_real_cifar(capsys: pytest.CaptureFixture[str]) -> None:
-    checkpoint = WEIGHTS / "resnet20-cifar10jpg.pt"
-    data_dir = os.environ.get("AMC_CIFAR_DIR")
-    if not checkpoint.is_file() or not data_dir:
-        pytest.skip("needs ../shared/weights/resnet20-cifar10jpg.pt and AMC_CIFAR_DIR (the extracted cifar10-jpg)")
+    checkpoint, data_dir = real_checkpoint("resnet20"), cifar_dir()
     code, out, err = run(capsys, "eval", "--model", "resnet20", "--checkpoint", checkpoint, "--dataset",
                          "imagefolder", "--data-dir", data_dir, "--split", "test", "--json")
     assert code == 0, err

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,22 +12,27 @@ import pytest
 import torch
 from stable_baselines3.common.logger import Logger
 
-from agents.ddpg import BaselineReplayBuffer, InvertingGradientClip, make_agent, truncated_normal
-from agents.search import SearchConfig, policy_from_agent, run_search
+from stable_baselines3.common.callbacks import CallbackList
+
+from agents.callbacks import EpisodeRecorderCallback, RewardRelabelCallback
+from agents.ddpg import AGENTS, BaselineReplayBuffer, InvertingGradientClip, make_agent, truncated_normal
+from agents.search import policy_from_agent, run_search
 from agents.config import SearchConfig
 from amc.engine.budget import Budget
 from amc.errors import AmcError
 from amc.policy import Policy
-from amc.reward import prepare_task
+from amc.reward import Evaluation
 from amc.models.zoo import digits_checkpoint
 from envs.channel_pruning import ChannelPruningEnv
+
+from conftest import rows
 
 BOUNDS = {"lbound": SearchConfig.lbound, "rbound": SearchConfig.rbound}  # AMC's preserve-ratio range
 
 
 @pytest.fixture(scope="module")
-def task():
-    return prepare_task("digits_cnn", digits_checkpoint(), "digits", seed=0)
+def task(digits_task):
+    return digits_task
 
 
 def config(tmp_path: Path, name: str, **kw) -> SearchConfig:
@@ -36,19 +41,17 @@ def config(tmp_path: Path, name: str, **kw) -> SearchConfig:
     return replace(base, **kw)
 
 
-def rows(run: Path) -> list[dict[str, str]]:
-    with open(run / "episodes.csv", newline="") as f:
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
-
-
 def test_search_learns_and_beats_uniform(task, tmp_path):
     result = run_search(config(tmp_path, "learn", episodes=60, warmup=20), progress=False, task=task)
     rewards = [float(r["reward"]) for r in rows(result.run_dir)]
     assert len(rewards) == 60
-    assert result.best["val_accuracy"] > result.uniform["val_accuracy"]
+    assert result.best.extra["val_accuracy"] > result.uniform.extra["val_accuracy"]
     # after warm-up the agent's policies are better on average than uniformly random ones
     assert np.mean(rewards[20:]) > np.mean(rewards[:20])
-    assert result.best["predicted"]["macs_ratio"] <= 0.3
+    assert result.best.predicted["macs_ratio"] <= 0.3
+    # the log holds the exact policy of every episode: the best row's counts are the best policy's
+    best_row = max(rows(result.run_dir), key=lambda r: float(r["reward"]))
+    assert [int(best_row[f"keep:{n}"]) for n in task.pruner.names] == result.best.counts_for(task.pruner).tolist()
 
 
 def test_run_folder(task, tmp_path):
@@ -141,7 +144,7 @@ def test_agent_is_configured_as_amc(task):
 
 def test_replay_rewards_are_centred_on_one_moving_baseline(task):
     env = ChannelPruningEnv(task.pruner, task.evaluator, Budget("flops", 0.5), **BOUNDS)
-    buffer = make_agent("ddpg", env, env.n_groups).replay_buffer
+    buffer = make_agent("ddpg", env, env.n_groups, warmup_episodes=1).replay_buffer
     obs, action = np.zeros((1, 11), np.float32), np.zeros((1, 1), np.float32)
     for reward in (0.7, 0.9):  # two stored episodes of 10 transitions each
         for _ in range(10):
@@ -159,8 +162,64 @@ def test_other_algorithms_run(task, tmp_path, algo):
     assert result.episodes == 6
 
 
-def test_truncated_normal_stays_in_bounds():
+def test_truncated_normal_is_a_truncated_normal():
+    """Draws of N(0.95, 0.5^2) truncated to [0, 1]: in bounds, no mass piled on a bound (as clipping
+    would put 46% at 1.0), and the truncated normal's mean."""
     rng = np.random.default_rng(0)
-    draws = truncated_normal(np.full(10000, 0.95), 0.5, 0.0, 1.0, rng)
+    mu, sigma = 0.95, 0.5
+    draws = truncated_normal(np.full(20000, mu), sigma, 0.0, 1.0, rng)
     assert draws.min() >= 0.0 and draws.max() <= 1.0
-    assert 0.5 < draws.mean() < 0.95
+    assert np.mean(draws == 1.0) == 0.0 and np.mean(draws > 0.99) < 0.05
+
+    def pdf(x: float) -> float:
+        return math.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+    def cdf(x: float) -> float:
+        return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+    a, b = (0.0 - mu) / sigma, (1.0 - mu) / sigma
+    expected = mu + sigma * (pdf(a) - pdf(b)) / (cdf(b) - cdf(a))
+    assert draws.mean() == pytest.approx(expected, abs=0.01)
+
+
+def test_actor_output_layer_is_the_bounded_one(task):
+    env = ChannelPruningEnv(task.pruner, task.evaluator, Budget("flops", 0.5), **BOUNDS)
+    agent = make_agent("ddpg", env, env.n_groups, warmup_episodes=1)
+    for actor in (agent.actor, agent.actor_target):
+        assert isinstance(actor.mu[-1], InvertingGradientClip)
+        assert not any(isinstance(m, torch.nn.Tanh) for m in actor.mu)
+
+
+def test_amc_knobs_round_trip_through_save_and_load(task, tmp_path):
+    env = ChannelPruningEnv(task.pruner, task.evaluator, Budget("flops", 0.5), **BOUNDS)
+    knobs = {"sigma0": 0.3, "sigma_decay": 0.9, "actor_lr": 2e-4, "critic_lr": 3e-3}
+    agent = make_agent("ddpg", env, env.n_groups, warmup_episodes=7, **knobs)
+    agent.save(tmp_path / "agent.zip")
+    loaded = AGENTS["ddpg"].load(tmp_path / "agent.zip")
+    for name, value in {**knobs, "warmup_episodes": 7}.items():
+        assert getattr(agent, name) == getattr(loaded, name) == value, name
+
+
+def test_every_transition_carries_its_episodes_final_reward_when_the_agent_trains(task):
+    """Pins SB3's call order that the relabelling relies on: when `train` runs, the episode just stored
+    holds its final reward on every step (the env pays it on the last step only)."""
+    env = ChannelPruningEnv(task.pruner, lambda counts: Evaluation(float(counts.sum()) / 1000, 0.0),
+                            Budget("flops", 0.5), **BOUNDS)
+    n = env.n_groups
+    agent = make_agent("ddpg", env, n, warmup_episodes=2, seed=0)
+    agent.set_logger(Logger(None, []))
+    finals: list[float] = []
+    checked: list[int] = []
+    train = agent.train
+
+    def checking_train(*args, **kwargs):
+        stored = agent.replay_buffer.rewards[: agent.replay_buffer.pos, 0]
+        for episode, final in enumerate(finals):
+            np.testing.assert_allclose(stored[episode * n : (episode + 1) * n], final, rtol=1e-6)
+        checked.append(len(finals))
+        return train(*args, **kwargs)
+
+    agent.train = checking_train
+    recorder = EpisodeRecorderCallback(lambda info: finals.append(info["reward"]), lambda: None)
+    agent.learn(total_timesteps=5 * n, callback=CallbackList([RewardRelabelCallback(n), recorder]))
+    assert len(finals) == 5 and checked == [3, 4, 5]

@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
         shared = argparse.ArgumentParser(add_help=False)
         for flag in (*cmd.shared, *_EVERY_COMMAND):
             SHARED_FLAGS[flag](shared, flag in cmd.required)
-        child = sub.add_parser(name, parents=[shared], help=cmd.help, description=cmd.help)
+        # `help` is %-formatted by argparse, `description` is not
+        child = sub.add_parser(name, parents=[shared], help=cmd.help, description=cmd.help.replace("%%", "%"))
         if cmd.arguments is not None:
             cmd.arguments(child)
         child.set_defaults(run=cmd.run)
@@ -166,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:
             if args.debug:
                 raise
-            print(f"amc: internal error: {type(exc).__name__}: {one_line(exc)}; rerun with --debug for the traceback",
+            print(f"amc: internal error: {one_line(exc)}; rerun with --debug for the traceback",
                   file=sys.stderr)
             return 1
 

@@ -1,0 +1,101 @@
+"""The benchmark scripts under bench/: every one starts (`--help`), and bench/finetune.py writes fine-tuned
+models as amc model files that `amc.load_model` opens, on the embedded digits data."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if p.name != "common.py")
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch):
+    """Imports a bench script as the command line runs it (bench/ first on sys.path, beside `common`); the
+    modules are dropped again afterwards."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    names = ["common"]
+
+    def load(script: str):
+        names.append(script)
+        return importlib.import_module(script)
+
+    yield load
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+def test_scripts_found() -> None:
+    assert {"baselines.py", "finetune.py", "latency.py", "reconstruction.py", "reward_vs_test.py",
+            "search.py"} <= set(SCRIPTS)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help(script: str) -> None:
+    done = subprocess.run([sys.executable, str(BENCH / script), "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"usage: bench/{script}" in done.stdout
+
+
+@pytest.mark.slow
+def test_finetune_writes_amc_model_files(bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import amc
+    from amc.data.datasets import load_dataset
+    from amc.data.transforms import normalize
+    from amc.engine.budget import Budget, uniform_counts
+    from amc.engine.measure import accuracy
+    from amc.engine.pruner import ChannelPruner
+    from amc.models.pruned import PrunedModel
+    from amc.models.trained import load_trained_model
+    from amc.models.zoo import digits_checkpoint
+    from amc.policy import Policy
+
+    finetune = bench("finetune")
+    common = sys.modules["common"]
+    # latency is not what this test checks: one short round per setting instead of 7 of 0.2 s
+    monkeypatch.setattr(common, "latencies", functools.partial(common.latencies, repeats=1, min_run_time=0.01))
+
+    # the uniform policy `amc baseline --method uniform --target-flops 0.5` writes for the digits CNN
+    data = load_dataset("digits")
+    checkpoint = digits_checkpoint()
+    trained = load_trained_model("digits_cnn", checkpoint, dataset=data)
+    pruner = ChannelPruner(trained.module, trained.input_shape)
+    budget = Budget("flops", 0.5)
+    counts = uniform_counts(pruner, pruner.cost.macs, budget.ratio * pruner.cost.macs(pruner.channels))
+    policy_file = tmp_path / "uniform.json"
+    Policy.from_counts(pruner, "digits_cnn", counts, budget, method="uniform", lbound=0.0).save(policy_file)
+
+    work, results = tmp_path / "work", tmp_path / "results"
+    args = finetune.parse_args(["--model", "digits_cnn", "--checkpoint", str(checkpoint), "--dataset", "digits",
+                                "--policy", f"uniform={policy_file}", "--epochs", "1", "--threads", "1",
+                                "--work", str(work)])
+    summary, (pruned,) = finetune.run(args, results)
+
+    report = json.loads((results / "finetune_digits_cnn.json").read_text())
+    assert report["benchmark"] == "finetune" and report["command"].startswith("python bench/finetune.py --model")
+    assert [r["policy"] for r in report["rows"]] == ["dense", "uniform"]
+    assert "Command: `python bench/finetune.py" in (results / "finetune_digits_cnn.md").read_text()
+    assert not (BENCH / "results" / "finetune_digits_cnn.json").exists()
+
+    path = work / "digits_cnn-uniform.pt"
+    loaded = amc.load_model(path)
+    assert PrunedModel.load(path).policy["method"] == "uniform"
+    fine_tuned = pruned.module.eval()
+    for key, value in fine_tuned.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    x = normalize(data.test.images[:64], trained.mean, trained.std)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), fine_tuned(x))
+    test_x = normalize(data.test.images, trained.mean, trained.std)
+    assert accuracy(loaded, test_x, data.test.labels)[0] == pytest.approx(report["rows"][1]["test_accuracy"])
+    assert report["rows"][1]["macs"] == pruned.save(tmp_path / "again.pt")["macs"]
