@@ -50,6 +50,31 @@ class ChannelPruningEnv(gym.Env):
     policy: `acc` accuracy; `flops` -error * log(MACs); `params` -error * log(params); `latency`
     -error * log(latency in microseconds). The final `info` holds the policy (`counts`), its `macs`,
     `params`, `cost_ratio`, `accuracy` and `reward`.
+
+    ## Starting state
+    `reset` starts every episode at group 0 with every group whole; nothing is random (the agent's
+    exploration is the agent's). Stepping after the last group raises RuntimeError until `reset`.
+
+    ## Arguments
+    - `pruner`: the analysed model (`amc.engine.pruner.ChannelPruner`): groups, channels, cost model.
+    - `evaluate`: kept counts [G] -> `Evaluation` (val accuracy and loss), e.g. `amc.reward.RewardEvaluator`.
+    - `budget`: `Budget(kind, ratio)`; its kind is the unit of the state's costs and of the action wall.
+    - `lbound`, `rbound`: the preserve-ratio range an action maps to (AMC: 0.2 and 1.0; `SearchConfig`).
+    - `reward`: one of `envs.REWARDS`.
+    - `fill_budget`: the action wall's lower bound (use the budget up); True in AMC.
+    - `latency`: a latency table (`amc.engine.latency.LatencyTable`), needed by a latency budget or reward.
+
+    ```
+    gymnasium.make("amc/ChannelPruning-v0", pruner=pruner, evaluate=evaluator, budget=Budget("flops", 0.5),
+                   lbound=0.2, rbound=1.0)
+    ```
+
+    Source: He et al., "AMC: AutoML for Model Compression and Acceleration on Mobile Devices", ECCV 2018
+    (arXiv:1802.03494), sections 3.1 (state), 3.2 (action, action wall) and 3.3-3.4 (rewards).
+
+    ## Version history
+    - v0: AMC's environment with a continuous preserve-ratio action, verified channel groups and an exact
+      cost model.
     """
 
     metadata = {"render_modes": []}
@@ -129,6 +154,8 @@ class ChannelPruningEnv(gym.Env):
         return self._observation(), {}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self.t >= self.n_groups:
+            raise RuntimeError("step() after the episode ended (every group has a count); call reset() first")
         a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
         ratio = self.lbound + a * (self.rbound - self.lbound)
         t = self.t

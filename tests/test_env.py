@@ -81,6 +81,15 @@ def test_unreachable_budget_names_smallest(pruners):
         ChannelPruningEnv(pruners["resnet20"], constant_eval, Budget("flops", 0.01), **BOUNDS)
 
 
+def test_step_after_the_episode_needs_reset(pruners):
+    env = ChannelPruningEnv(pruners["digits_cnn"], constant_eval, Budget("flops", 0.5), **BOUNDS)
+    run_episode(env, [0.5])
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.array([0.5], dtype=np.float32))
+    env.reset(seed=0)
+    env.step(np.array([0.5], dtype=np.float32))
+
+
 def test_env_is_deterministic(pruners):
     env = ChannelPruningEnv(pruners["resnet20"], constant_eval, Budget("flops", 0.5), **BOUNDS)
     actions = list(np.random.default_rng(1).random(env.n_groups))

@@ -111,6 +111,12 @@ def test_resume_refuses_other_arguments(task, tmp_path):
         run_search(replace(cfg, seed=1), resume=True, progress=False, task=task)
 
 
+def test_search_refuses_a_task_prepared_otherwise(task, tmp_path):
+    with pytest.raises(AmcError, match="other settings"):
+        run_search(config(tmp_path, "other", seed=1), progress=False, task=task)
+    assert not (tmp_path / "other").exists()
+
+
 def test_actor_output_can_leave_a_bound():
     """Unlike tanh, the bounded output never loses its gradient back into [-1, 1]."""
     x = torch.tensor([-3.0, -1.0, -1.0, 0.0, 1.0, 3.0], requires_grad=True)

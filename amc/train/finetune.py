@@ -37,7 +37,7 @@ from amc.data.datasets import ImageSet, batches
 from amc.errors import AmcError
 from amc.engine.measure import accuracy
 from amc.export import save_state_dict
-from amc.fileio import atomic_path
+from amc.fileio import atomic_torch_save
 
 SaveFn = Callable[[nn.Module, Path], None]
 
@@ -352,8 +352,7 @@ def _save_last(
         "best_epoch": best_epoch,
         "config": asdict(config),
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    atomic_torch_save(state, path)
 
 
 def _wrap(model: nn.Module, device: torch.device, world_size: int) -> tuple[nn.Module, nn.Module]:
