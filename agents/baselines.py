@@ -119,7 +119,8 @@ def random_search(task: Task, budget: Budget, episodes: int, seed: int, reward: 
                           episodes, time.monotonic() - started)
 
 
-def sensitivity_table(task: Task, ratios: Sequence[float] = DEFAULT_RATIOS, lbound: float = SearchConfig.lbound) -> SensitivityTable:
+def sensitivity_table(task: Task, ratios: Sequence[float] = DEFAULT_RATIOS,
+                      lbound: float = SearchConfig.lbound) -> SensitivityTable:
     """Evaluate the model with each group alone pruned to each ratio (see `SensitivityTable`)."""
     started = time.monotonic()
     grid = _grid(ratios)

@@ -27,7 +27,7 @@ from agents.ddpg import AGENTS, make_agent
 from agents.runfolder import EpisodeLog, RunFolder
 from amc.engine.budget import Budget, uniform_counts
 from amc.engine.latency import LatencyTable
-from amc.errors import AmcError
+from amc.errors import AmcError, one_line
 from amc.fileio import atomic_copy, atomic_write_json
 from amc.policy import Policy
 from amc.reward import Task
@@ -233,7 +233,8 @@ def policy_from_agent(agent_zip: str | Path, task: Task, budget: Budget) -> tupl
     try:
         agent = AGENTS[saved.algo].load(agent_zip, device="cpu")
     except Exception as exc:
-        raise AmcError(f"cannot load agent {agent_zip} ({type(exc).__name__}: {exc}); pass an agent.zip written by amc train-agent") from None
+        raise AmcError(f"cannot load agent {agent_zip} ({one_line(exc)}); "
+                       "pass an agent.zip written by amc train-agent") from None
     latency = latency_table(task, agent_zip.parent) if "latency" in (budget.kind, saved.reward) else None
     env = ChannelPruningEnv(task.pruner, task.evaluator, budget, reward=saved.reward, lbound=saved.lbound,
                             rbound=saved.rbound, latency=latency)

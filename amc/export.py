@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from amc.errors import AmcError
 from amc.engine.measure import inference_copy
+from amc.errors import AmcError
 from amc.fileio import atomic_path, atomic_torch_save
 
 EXPORT_FORMATS = ("program", "onnx")

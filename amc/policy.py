@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from amc.engine.budget import Budget
+from amc.engine.pruner import ChannelPruner
 from amc.errors import AmcError, first
 from amc.fileio import atomic_write_json
-from amc.engine.pruner import ChannelPruner
 
 POLICY_FORMAT = "amc-policy/1"
 _FIELDS = ("format", "model", "budget", "groups", "predicted")

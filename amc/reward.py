@@ -20,8 +20,8 @@ import torch.nn as nn
 from amc.data.datasets import Dataset, load_dataset
 from amc.data.split import split_train_val
 from amc.data.transforms import normalize
-from amc.engine.measure import accuracy, to_channels_last
 from amc.engine import Selection
+from amc.engine.measure import accuracy, to_channels_last
 from amc.engine.pruner import ChannelPruner
 from amc.engine.reconstruct import Target, collect_targets, recalibrate_batchnorm, refit_sequentially
 from amc.errors import AmcError

@@ -13,18 +13,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from amc.engine.budget import ratio_counts
 from amc.data.datasets import load_dataset
 from amc.data.transforms import normalize
-from amc.engine.measure import cpu_latency, inference_copy
-from amc.engine.reconstruct import recalibrate_batchnorm
+from amc.engine.budget import ratio_counts
 from amc.engine.cost import count_macs_params
 from amc.engine.groups import mask_copy, prune_copy
+from amc.engine.measure import cpu_latency, inference_copy
+from amc.engine.pruner import ChannelPruner
+from amc.engine.reconstruct import _patch_rows, greedy_order, recalibrate_batchnorm, refit
 from amc.models import create_model
 from amc.models.trained import load_trained_model
 from amc.models.zoo import digits_checkpoint
-from amc.engine.pruner import ChannelPruner
-from amc.engine.reconstruct import _patch_rows, greedy_order, refit
 from amc.reward import RewardEvaluator
 
 CIFAR_SHAPE = (3, 32, 32)

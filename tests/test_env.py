@@ -9,8 +9,8 @@ from gymnasium.utils.env_checker import check_env
 import envs  # noqa: F401  (registers amc/ChannelPruning-v0)
 from agents.config import SearchConfig
 from amc.engine.budget import Budget, uniform_counts
-from amc.models import create_model
 from amc.engine.pruner import ChannelPruner
+from amc.models import create_model
 from amc.reward import Evaluation
 from envs.channel_pruning import ChannelPruningEnv
 

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import rows
 
 from amc.models.zoo import digits_checkpoint
-from conftest import rows
 
 # whole `amc train-agent` processes, killed and resumed: about a minute each
 pytestmark = pytest.mark.slow

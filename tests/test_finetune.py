@@ -14,16 +14,16 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from conftest import assert_one_line
 
 import amc.data.datasets
 import amc.train.finetune
 from amc.data.datasets import ImageSet, load_dataset
 from amc.data.split import default_val_size, split_train_val
 from amc.errors import AmcError
-from conftest import assert_one_line
 from amc.fileio import atomic_path
-from amc.train.finetune import FinetuneConfig, finetune, last_checkpoint_path
 from amc.models import create_model, load_checkpoint
+from amc.train.finetune import FinetuneConfig, finetune, last_checkpoint_path
 
 REPO = Path(__file__).resolve().parents[1]
 # Digits trains in a few epochs at batch 64; the default lr 0.05 is for batch 128 on CIFAR.

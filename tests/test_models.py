@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from conftest import assert_one_line, real_checkpoint
 
 from amc.errors import AmcError
 from amc.models import create_model, list_models, load_checkpoint, read_checkpoint
 from amc.models.mobilenetv2 import mobilenetv2
-from conftest import assert_one_line, real_checkpoint
 
 BUILT_IN = {
     *("digits_cnn", "mobilenetv2", "plain20", "vgg16"),

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-
-from amc.engine.budget import Budget
-from amc.cli import main
-from amc.errors import AmcError
-from amc.engine.cost import count_macs_params
-from amc.models import create_model
-from amc.policy import GroupKeep, Policy
-from amc.models.pruned import load_model, read_model_info, save_pruned
-from amc.engine.pruner import ChannelPruner
 from conftest import assert_user_error, cifar_dir, real_checkpoint
+
+from amc.cli import main
+from amc.engine.budget import Budget
+from amc.engine.cost import count_macs_params
+from amc.engine.pruner import ChannelPruner
+from amc.errors import AmcError
+from amc.models import create_model
+from amc.models.pruned import load_model, read_model_info, save_pruned
+from amc.policy import GroupKeep, Policy
 
 DIGITS_SHAPE = (1, 8, 8)
 

@@ -10,22 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import rows
+from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.logger import Logger
 
-from stable_baselines3.common.callbacks import CallbackList
-
 from agents.callbacks import EpisodeRecorderCallback, RewardRelabelCallback
+from agents.config import SearchConfig
 from agents.ddpg import AGENTS, BaselineReplayBuffer, InvertingGradientClip, make_agent, truncated_normal
 from agents.search import policy_from_agent, run_search
-from agents.config import SearchConfig
 from amc.engine.budget import Budget
 from amc.errors import AmcError
+from amc.models.zoo import digits_checkpoint
 from amc.policy import Policy
 from amc.reward import Evaluation
-from amc.models.zoo import digits_checkpoint
 from envs.channel_pruning import ChannelPruningEnv
-
-from conftest import rows
 
 BOUNDS = {"lbound": SearchConfig.lbound, "rbound": SearchConfig.rbound}  # AMC's preserve-ratio range
 

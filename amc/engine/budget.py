@@ -13,8 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from amc.errors import AmcError
 from amc.engine.pruner import ChannelPruner
+from amc.errors import AmcError
 
 BUDGET_KINDS: tuple[str, ...] = ("flops", "params", "latency")
 CostFn = Callable[[np.ndarray], np.ndarray]

@@ -21,8 +21,7 @@ import torch
 import torch.nn as nn
 import torch.utils.benchmark as benchmark
 
-from amc.engine.measure import to_channels_last
-from amc.engine.measure import cpu_latency
+from amc.engine.measure import cpu_latency, to_channels_last
 from amc.engine.pruner import ChannelPruner
 
 

@@ -8,9 +8,9 @@ import warnings
 from typing import Any, Sequence
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.fx
 import torch.utils.benchmark as benchmark
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 

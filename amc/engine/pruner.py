@@ -17,11 +17,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from amc.engine import SELECTIONS, Selection
 from amc.engine.cost import CostModel
 from amc.engine.groups import ChannelGroup, find_groups, prune_
-from amc.engine import SELECTIONS, Selection
 from amc.engine.ranking import least_squares_ranking, norm_ranking
 from amc.engine.reconstruct import collect_grams, refit
+
 
 def _input_columns(layer: nn.Module, group: ChannelGroup) -> list[torch.Tensor]:
     """The columns of the consumer's flattened weight [O, D] fed by each root channel of `group`: a

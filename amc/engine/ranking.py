@@ -13,11 +13,13 @@ keeps the first k.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn as nn
 
 from amc.engine.groups import ChannelGroup
 from amc.engine.reconstruct import greedy_order
+
 
 def _weight_scores(model: nn.Module, group: ChannelGroup, kind: str,
                    reduce: Callable[[torch.Tensor], torch.Tensor], per_channel: Callable) -> torch.Tensor:

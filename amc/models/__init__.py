@@ -5,10 +5,9 @@
 weights strictly and returns the checkpoint's metadata (mean, std, num_classes, arch).
 """
 
-from amc.models.registry import create_model, list_models, register_model
-from amc.models.checkpoint import load_checkpoint, read_checkpoint
-
 # Imported for their @register_model side effect.
 from amc.models import digits, mobilenetv2, resnet_cifar, vgg  # noqa: F401
+from amc.models.checkpoint import load_checkpoint, read_checkpoint
+from amc.models.registry import create_model, list_models, register_model
 
 __all__ = ["create_model", "list_models", "load_checkpoint", "read_checkpoint", "register_model"]

@@ -21,10 +21,10 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from amc.errors import AmcError
-from amc.fileio import atomic_torch_save
 from amc.engine.cost import count_macs_params
 from amc.engine.groups import find_groups, prune_
+from amc.errors import AmcError
+from amc.fileio import atomic_torch_save
 from amc.models import create_model
 
 PRUNED_FORMAT = "amc-pruned/1"

@@ -30,14 +30,13 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from amc.train import distributed
-from amc.train.config import FinetuneConfig
-from amc.engine.measure import to_channels_last
 from amc.data.datasets import ImageSet, batches
+from amc.engine.measure import accuracy, to_channels_last
 from amc.errors import AmcError
-from amc.engine.measure import accuracy
 from amc.export import save_state_dict
 from amc.fileio import atomic_torch_save
+from amc.train import distributed
+from amc.train.config import FinetuneConfig
 
 SaveFn = Callable[[nn.Module, Path], None]
 
