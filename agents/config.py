@@ -87,7 +87,14 @@ class SearchConfig:
 
     def check_task(self, task: Any) -> None:
         """AmcError when `task` was prepared with settings other than this config's."""
-        mine = self.task_settings()
+        import inspect
+
+        from amc.reward import prepare_task
+
+        # settings a config does not choose must be prepare_task's defaults
+        defaults = {k: p.default for k, p in inspect.signature(prepare_task).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+        mine = {**defaults, **self.task_settings()}
         differ = [k for k in mine if k in task.settings and task.settings[k] != mine[k]]
         if differ:
             details = ", ".join(f"{k} {task.settings[k]!r} (config: {mine[k]!r})" for k in differ[:3])

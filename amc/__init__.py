@@ -23,7 +23,7 @@ _EXPORTS = {
     "Budget": "amc.engine.budget",
     "ChannelPruner": "amc.engine.pruner",
     "Policy": "amc.policy",
-    "PrunedModel": "amc.apply",
+    "PrunedModel": "amc.models.pruned",
     "apply_policy": "amc.apply",
     "create_model": "amc.models",
     "load_model": "amc.models.pruned",
@@ -32,11 +32,11 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from amc.apply import PrunedModel, apply_policy  # noqa: F401
+    from amc.apply import apply_policy  # noqa: F401
     from amc.engine.budget import Budget  # noqa: F401
     from amc.engine.pruner import ChannelPruner  # noqa: F401
     from amc.models import create_model  # noqa: F401
-    from amc.models.pruned import load_model  # noqa: F401
+    from amc.models.pruned import PrunedModel, load_model  # noqa: F401
     from amc.policy import Policy  # noqa: F401
     from amc.reward import prepare_task  # noqa: F401
 

@@ -67,3 +67,14 @@ def test_selection_choice():
         assert choose_selection(None, "ls", has_data=False) == "l1"
     with pytest.raises(AmcError, match="dataset"):
         choose_selection("ls", None, has_data=False)
+
+
+def test_every_stage_holds_out_the_same_val_split(digits_task):
+    """The search's reward split is the split `eval --split val` and fine-tuning use, and the one the embedded
+    digits checkpoint was trained without: all of them call `split_train_val`."""
+    from amc.data.split import split_train_val
+
+    train_idx, val_idx = split_train_val(len(digits_task.dataset.train), None, 0)
+    assert digits_task.val_idx.tolist() == val_idx.tolist()
+    assert digits_task.train_idx.tolist() == train_idx.tolist()
+    assert not set(train_idx.tolist()) & set(val_idx.tolist())

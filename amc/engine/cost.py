@@ -32,7 +32,8 @@ def count_macs_params(model: nn.Module, input_shape: Sequence[int]) -> tuple[int
     model.eval()
     try:
         with forward_hooks({m: hook for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}), torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+            device = next(iter(model.parameters()), torch.zeros(0)).device  # count where the model lives
+            model(torch.zeros(1, *input_shape, device=device))
     finally:
         model.train(was_training)
     return macs, sum(p.numel() for p in model.parameters())
