@@ -58,11 +58,9 @@ def test_killed_search_resumes_to_the_same_result(env, tmp_path):
         resume = ["--resume"] if (run / "config.json").exists() else []
         proc = subprocess.Popen(command(run, *resume), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
-        if sig == signal.SIGINT:
-            # Ctrl-C while episodes run (during interpreter start-up Python itself prints a traceback)
-            wait_for_new_episode(run, proc)
-        else:
-            time.sleep(rng.uniform(4.0, 9.0))
+        # every signal lands while episodes run: after a new episode is logged, at a random moment of the next
+        wait_for_new_episode(run, proc)
+        time.sleep(rng.uniform(0.0, 0.3))
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=120)
         if proc.returncode == 0:
