@@ -22,6 +22,7 @@ from amc.data.split import split_train_val
 from amc.data.transforms import normalize
 from amc.engine import Selection
 from amc.engine.measure import accuracy, to_channels_last
+from amc.engine.memory import release_free_memory
 from amc.engine.pruner import ChannelPruner
 from amc.engine.reconstruct import Target, collect_targets, recalibrate_batchnorm, refit_sequentially
 from amc.errors import AmcError
@@ -78,6 +79,7 @@ class RewardEvaluator:
 
     def __call__(self, counts: np.ndarray) -> Evaluation:
         acc, loss = accuracy(self.prune(counts), self.val_x, self.val_y)
+        release_free_memory()  # the pruned copy is gone: keep a long search's memory flat (amc.engine.memory)
         return Evaluation(acc, loss)
 
 
