@@ -16,6 +16,8 @@ from typing import Any
 
 from amc.errors import AmcError
 
+# `config.json` of a run folder says it is amc's with this format tag.
+RUN_FORMAT = "amc-run/1"
 # The SB3 algorithms a search can use (`agents.ddpg.AGENTS` maps them to classes).
 ALGORITHMS: tuple[str, ...] = ("ddpg", "td3", "sac")
 
@@ -73,6 +75,25 @@ class SearchConfig:
 
         return Budget(self.budget_kind, self.budget_ratio)
 
+    def check(self) -> None:
+        """AmcError, before any work, for a setting outside its range or two that contradict each other."""
+        from envs import REWARDS
+
+        if self.algo not in ALGORITHMS:
+            raise AmcError(f"unknown --algo {self.algo!r}; choose one of {', '.join(ALGORITHMS)}")
+        if self.reward not in REWARDS:
+            raise AmcError(f"unknown --reward {self.reward!r}; choose one of {', '.join(REWARDS)}")
+        if not (isinstance(self.episodes, int) and isinstance(self.warmup, int) and 0 <= self.warmup < self.episodes):
+            raise AmcError(f"--episodes {self.episodes} must be larger than --warmup {self.warmup} (and that at least 0)")
+        if not (0 <= self.lbound < self.rbound <= 1):  # NaN fails it too
+            raise AmcError(f"preserve ratios --lbound {self.lbound} and --rbound {self.rbound} need "
+                           "0 <= lbound < rbound <= 1; pass e.g. --lbound 0.2 --rbound 1.0")
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):
+            raise AmcError(f"--seed {self.seed} is outside [0, 2**32 - 1]; pass e.g. --seed 0")
+        if not (isinstance(self.latency_batch, int) and 1 <= self.latency_batch <= 65536):
+            raise AmcError(f"--latency-batch {self.latency_batch} is not a batch size; pass e.g. --latency-batch 64")
+        self.budget()  # checks kind and ratio
+
     def task_settings(self) -> dict[str, Any]:
         """The arguments of `amc.reward.prepare_task` this config implies (compared with `Task.settings`)."""
         return dict(model=self.model, checkpoint=self.checkpoint, dataset=self.dataset, data_dir=self.data_dir,
@@ -102,8 +123,8 @@ class SearchConfig:
                            "prepare it with config.prepare_task()")
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object of `config.json`."""
-        return asdict(self)
+        """The JSON object of `config.json` (tagged with `RUN_FORMAT`)."""
+        return {"format": RUN_FORMAT, **asdict(self)}
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> SearchConfig:

@@ -5,12 +5,13 @@ checkpoint and the episodes after it are run again.
 
 from __future__ import annotations
 
+import csv
 import json
 import pickle
 import random
-import shutil
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from agents.config import SearchConfig
 from agents.ddpg import AGENTS, make_agent
 from agents.runfolder import EpisodeLog, RunFolder
 from amc.engine.budget import Budget, uniform_counts
+from amc.engine.device import resolve_device
 from amc.engine.latency import LatencyTable
 from amc.errors import AmcError, one_line
 from amc.fileio import atomic_copy, atomic_write_json
@@ -131,31 +133,71 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
     """Run (or resume) the AMC search described by `config` and write its run folder.
 
     `task` may be passed to reuse an already prepared model and data (tests, benchmarks); it must have
-    been prepared as `config.prepare_task()` would.
+    been prepared as `config.prepare_task()` would. The run folder is locked while the search runs. `force`
+    replaces an earlier run's files (only those: `agents.runfolder.OWN_FILES`); `resume` continues it from its
+    newest whole checkpoint.
 
     Raises:
-        AmcError: bad arguments, a run folder with results and neither `resume` nor `force`, a `resume`
-            with other arguments than the first run, or a `task` prepared with other settings.
+        AmcError: bad arguments or device; an `--out` that is a file or a folder of someone else's files; a
+            run folder in use by another process, or with results and neither `resume` nor `force`; a `resume`
+            with other arguments than the first run, or of a folder whose files are damaged beyond the last
+            whole checkpoint; a `task` prepared with other settings.
     """
-    if config.algo not in AGENTS:
-        raise AmcError(f"unknown --algo {config.algo!r}; choose one of {', '.join(AGENTS)}")
-    if config.episodes <= config.warmup:
-        raise AmcError(f"--episodes {config.episodes} must be larger than --warmup {config.warmup}")
+    config.check()
+    if resume and force:
+        raise AmcError("--resume continues a run and --force replaces it: pass one of them")
+    resolve_device(config.device)
     run = RunFolder(Path(config.out))
-    if run.path.exists() and run.has_results() and not (resume or force):
-        raise AmcError(f"run folder {run.path} already has results; pass --resume to continue it or --force to replace it")
-    if resume and not (run.path / "config.json").exists():
+    run.check_usable()
+    if resume and not (run.path / "config.json").is_file():
         raise AmcError(f"nothing to resume in {run.path}: it has no config.json; start the run without --resume")
-    if resume:
-        _compare_config(json.loads((run.path / "config.json").read_text()), config)
-    elif force and run.path.exists():
-        shutil.rmtree(run.path)
-    if task is not None:
-        config.check_task(task)
-    run.path.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run.path / "config.json", config.to_dict())
+    with run.locked():
+        if resume:
+            _compare_config(run.read_config(), config)
+        elif run.has_results() and not force:
+            raise AmcError(f"run folder {run.path} already has results; pass --resume to continue it or --force to "
+                           "replace it")
+        if task is not None:
+            config.check_task(task)
+        if force:
+            run.clear()
+        atomic_write_json(run.path / "config.json", config.to_dict())
+        return _search(config, run, task or config.prepare_task(), resume, progress)
 
-    task = task or config.prepare_task()
+
+def _load_checkpoint(run: RunFolder, agent: Any, env: ChannelPruningEnv, device: str) -> tuple[Any, SearchState]:
+    """The agent and state of the newest checkpoint that loads whole (`checkpoint/`, else `checkpoint.old/`);
+    `(agent, SearchState())` when the run has none and nothing was logged yet (killed during its set-up)."""
+    problems = []
+    for folder in run.checkpoints():
+        try:
+            state = pickle.loads((folder / "state.pkl").read_bytes())
+            if not isinstance(state, SearchState):
+                raise ValueError("state.pkl holds no search state")
+            loaded = agent.load(folder / "agent.zip", env=env, device=device)
+            if not (folder / "replay.pkl").is_file():
+                raise FileNotFoundError("replay.pkl is missing")
+            loaded.load_replay_buffer(folder / "replay.pkl")
+        except Exception as exc:  # any damage: pickle, zip, torch and SB3 errors alike
+            problems.append(f"{folder.name}/: {one_line(exc)[:100]}")
+            continue
+        if problems:
+            warnings.warn(f"{problems[0]} is damaged; resuming from {folder.name}/ (episode {state.episode})")
+        _restore_rng(loaded, state.rng)
+        return loaded, state
+    try:
+        logged = len(EpisodeLog(run.path / "episodes.csv", []).read()) if (run.path / "episodes.csv").is_file() else 0
+    except (OSError, UnicodeDecodeError, csv.Error):
+        logged = "some"
+    if logged or problems:
+        found = "; ".join(problems) if problems else "no checkpoint/ folder"
+        raise AmcError(f"cannot resume {run.path}: {logged} episodes are logged but no checkpoint loads ({found}); "
+                       "start the run again with --force")
+    return agent, SearchState()
+
+
+def _search(config: SearchConfig, run: RunFolder, task: Task, resume: bool, progress: bool) -> SearchResult:
+    """The search itself, in a locked run folder whose config.json is written."""
     budget = config.budget()
     latency = (latency_table(task, run.path, config.latency_batch, config.latency_channels_last)
                if "latency" in (budget.kind, config.reward) else None)
@@ -166,12 +208,8 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
     state = SearchState()
     agent = make_agent(config.algo, env, n_steps, warmup_episodes=config.warmup, seed=config.seed,
                        device=config.device)
-    checkpoint = run.latest_checkpoint() if resume else None
-    if checkpoint is not None:
-        agent = agent.load(checkpoint / "agent.zip", env=env, device=config.device)
-        agent.load_replay_buffer(checkpoint / "replay.pkl")
-        state = pickle.loads((checkpoint / "state.pkl").read_bytes())
-        _restore_rng(agent, state.rng)
+    if resume:
+        agent, state = _load_checkpoint(run, agent, env, config.device)
     log.truncate(state.episode)
     if isinstance(state.best, dict):  # checkpoints of earlier versions hold the policy's JSON object
         state.best = Policy.from_dict(state.best)
@@ -191,7 +229,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
     agent.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default makes an empty folder in /tmp per run
     try:
         if remaining > 0:
-            agent.learn(total_timesteps=remaining * n_steps, callback=callback, reset_num_timesteps=checkpoint is None)
+            agent.learn(total_timesteps=remaining * n_steps, callback=callback, reset_num_timesteps=state.episode == 0)
     finally:
         signal.signal(signal.SIGINT, previous)
         recorder.close()
@@ -210,10 +248,13 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
 
 def latency_table(task: Task, folder: Path, batch_size: int = 1, channels_last: bool = False) -> LatencyTable:
     """The run's latency table: read from `folder/latency.json`, or measured once (at `batch_size`, in
-    channels-last layout if `channels_last`) and written there."""
+    channels-last layout if `channels_last`) and written there. A damaged file is measured again."""
     path = folder / "latency.json"
     if path.exists():
-        return LatencyTable.from_dict(json.loads(path.read_text()))
+        try:
+            return LatencyTable.from_dict(json.loads(path.read_text()))
+        except Exception as exc:  # damaged: it is a cache of a measurement, so measure again
+            warnings.warn(f"{path} is damaged ({one_line(exc)[:80]}); measuring the latency table again")
     table = LatencyTable.measure(task.pruner, batch_size=batch_size, channels_last=channels_last)
     atomic_write_json(path, table.to_dict())
     return table

@@ -1,8 +1,10 @@
-"""Atomic file writes: every file amc writes goes through these.
+"""Files amc writes: atomic writes, a writability check before the work, and locks for one writer.
 
 Each writer fills a temporary file in the target's folder, flushes and fsyncs it, then `os.replace`s it
 onto the target. A reader, or a run killed mid-write, therefore sees either the old file or the complete
-new one, never a torn one. Missing parent folders are created.
+new one, never a torn one. Missing parent folders are created. `check_writable` finds an unwritable or
+full location before any work is done; `exclusive_lock` keeps a second amc process off a run folder or an
+output while the first writes it.
 """
 
 from __future__ import annotations
@@ -37,8 +39,82 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as exc:
         raise AmcError(f"cannot write {path} ({exc.strerror or exc}); choose a writable location") from exc
+    except RuntimeError as exc:  # torch.save reports a failed open or write (full disk) as RuntimeError
+        if not _is_write_failure(exc):
+            raise
+        raise AmcError(f"cannot write {path} ({_first_line(exc)}); choose a writable location with free space") from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _is_write_failure(exc: RuntimeError) -> bool:
+    text = str(exc)
+    return any(mark in text for mark in ("inline_container", "PytorchStreamWriter", "open file failed", "unexpected pos"))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:160] if lines else type(exc).__name__
+
+
+def check_writable(path: str | Path, *, folder: bool = False) -> None:
+    """AmcError now, before any work, when `path` (a file to write, or with `folder` a folder to fill) cannot
+    be written: its folder cannot be created, is read-only, or has no free space for a small file. A
+    directory where a file is wanted, or a file where a folder is wanted, is refused too."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise AmcError(f"{path} is a file; --out names a folder here: choose another --out")
+    if not folder and path.is_dir():
+        raise AmcError(f"{path} is a folder; --out names a file here: choose another --out")
+    where = path if folder else path.parent
+    probe = where / f".amc-write-test.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise AmcError(f"cannot write {path} ({exc.strerror or exc}); choose a writable location with free space") from None
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+@contextmanager
+def exclusive_lock(target: str | Path, lock_file: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` (created if needed) for the block; AmcError at once when another
+    process holds it. `target` is what the lock protects, named in the error.
+
+    The lock is `fcntl.flock`, so it dies with its process (a killed run leaves no stale lock). The lock file
+    is left in place: removing it would let a third process lock a new file while a second still waits on
+    the old one.
+    """
+    import fcntl
+
+    lock_file = Path(lock_file)
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_file, "a+")
+    except OSError as exc:
+        raise AmcError(f"cannot write {target} ({exc.strerror or exc}); choose a writable location") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise AmcError(f"{target} is in use by another amc process ({holder}); wait for it to finish "
+                           "or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -112,7 +112,7 @@ def test_resume_refuses_other_arguments(task, tmp_path):
 def test_search_refuses_a_task_prepared_otherwise(task, tmp_path):
     with pytest.raises(AmcError, match="other settings"):
         run_search(config(tmp_path, "other", seed=1), progress=False, task=task)
-    assert not (tmp_path / "other").exists()
+    assert not (tmp_path / "other" / "config.json").exists()  # refused before anything is written
 
 
 def test_actor_output_can_leave_a_bound():

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
+import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -31,6 +33,40 @@ AddShared = Callable[[argparse.ArgumentParser, bool], None]
 COMMAND_MODULES = ("eval", "profile", "baseline", "apply", "finetune", "train_agent")
 
 
+def number(kind: type, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Callable:
+    """An argparse `type` accepting a finite `kind` (int or float) in the interval [low, high] (open at an end
+    with `low_open` / `high_open`): every numeric flag is checked when parsed, before any work."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        below = value <= low if low_open else value < low
+        above = value >= high if high_open else value > high
+        if not math.isfinite(value) or below or above:
+            bounds = (f"{low:g}, {high:g}" if kind is float else f"{low}, {high}")
+            interval = f"{'(' if low_open else '['}{bounds}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"{text} is outside {interval}")
+        return value
+
+    return parse
+
+
+SEED = number(int, 0, 2**32 - 1)
+COUNT = number(int, 1, 10**9)  # episodes, images, batch sizes
+THREADS = number(int, 1, 1024)
+FRACTION = number(float, 0.0, 1.0, low_open=True)  # budgets, the upper preserve ratio
+LBOUND = number(float, 0.0, 1.0, high_open=True)  # the lower preserve ratio
+
+
+def device_name(text: str) -> str:
+    """An argparse `type` for --device: cpu, cuda or cuda:N (whether it exists is checked when the command runs)."""
+    if re.fullmatch(r"cpu|cuda(:\d+)?", text) is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda or cuda:N")
+    return text
+
+
 def _input_shape(text: str) -> tuple[int, int, int]:
     parts = text.split(",")
     if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
@@ -48,11 +84,11 @@ def _flag(*names: str, **kwargs: Any) -> AddShared:
 
 def _budget_flags(parser: argparse.ArgumentParser, required: bool) -> None:
     group = parser.add_mutually_exclusive_group(required=required)
-    group.add_argument("--target-flops", type=float, metavar="R", help="keep at most R of the dense MACs, R in (0, 1]")
-    group.add_argument("--target-params", type=float, metavar="R", help="keep at most R of the dense parameters")
-    group.add_argument("--target-latency", type=float, metavar="R",
+    group.add_argument("--target-flops", type=FRACTION, metavar="R", help="keep at most R of the dense MACs, R in (0, 1]")
+    group.add_argument("--target-params", type=FRACTION, metavar="R", help="keep at most R of the dense parameters")
+    group.add_argument("--target-latency", type=FRACTION, metavar="R",
                        help="keep at most R of the dense CPU latency (a per-layer table is measured once)")
-    parser.add_argument("--latency-batch", type=int, default=1, metavar="N",
+    parser.add_argument("--latency-batch", type=number(int, 1, 65536), default=1, metavar="N",
                         help="batch size the latency table is measured at (default %(default)s)")
     parser.add_argument("--latency-channels-last", action="store_true",
                         help="measure the latency table in channels-last memory layout (see amc eval --channels-last)")
@@ -70,10 +106,10 @@ SHARED_FLAGS: dict[str, AddShared] = {
         "--input-shape", type=_input_shape, default=(3, 32, 32), metavar="C,H,W",
         help="one input's shape, used when no --dataset is given (default 3,32,32)",
     ),
-    "seed": _flag("--seed", type=int, default=0,
+    "seed": _flag("--seed", type=SEED, default=0,
                   help="seed of the train/val split and calibration sample (default %(default)s)"),
     "val_size": _flag(
-        "--val-size", type=int, metavar="N",
+        "--val-size", type=COUNT, metavar="N",
         help="TRAIN images held out as the val split (default: a fifth, at most 5000)",
     ),
     "selection": _flag(
@@ -88,6 +124,13 @@ SHARED_FLAGS: dict[str, AddShared] = {
     "debug": _flag("--debug", action="store_true", help="show the traceback of an error"),
 }
 _EVERY_COMMAND = ("json", "debug")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like amc's own: `amc: error: amc CMD: ...; see amc CMD --help`."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"amc: error: {self.prog}: {message}; see {self.prog} --help\n")
 
 
 @dataclass(frozen=True)
@@ -130,11 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The `amc` argument parser with every registered subcommand."""
     for module in COMMAND_MODULES:
         importlib.import_module(f"amc.cli.{module}")
-    parser = argparse.ArgumentParser(prog="amc", description="AMC: channel pruning of trained CNNs under a budget.")
+    parser = _Parser(prog="amc", description="AMC: channel pruning of trained CNNs under a budget.")
     parser.add_argument("--version", action="version", version=f"amc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, cmd in _COMMANDS.items():
-        shared = argparse.ArgumentParser(add_help=False)
+        shared = _Parser(add_help=False)
         for flag in (*cmd.shared, *_EVERY_COMMAND):
             SHARED_FLAGS[flag](shared, flag in cmd.required)
         # `help` is %-formatted by argparse, `description` is not

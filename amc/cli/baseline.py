@@ -6,16 +6,16 @@ import argparse
 from typing import Any
 
 from agents.config import SearchConfig
-from amc.cli import command
+from amc.cli import COUNT, LBOUND, command
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=("uniform", "random", "sensitivity", "dp"), default="uniform",
                         help="uniform (needs only shapes), or random / sensitivity / dp (need --dataset: they "
                              "evaluate) (default %(default)s)")
-    parser.add_argument("--lbound", type=float, help="fewest channels a group keeps, as a fraction of its "
+    parser.add_argument("--lbound", type=LBOUND, help="fewest channels a group keeps, as a fraction of its "
                         f"channels (default 0 for uniform, {SearchConfig.lbound} otherwise, as the agent)")
-    parser.add_argument("--episodes", type=int, default=SearchConfig.episodes,
+    parser.add_argument("--episodes", type=COUNT, default=SearchConfig.episodes,
                         help="random search: evaluated episodes, as the agent's --episodes (default %(default)s)")
 
 

@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from amc.cli import command
+from amc.cli import COUNT, THREADS, command, device_name, number
 from amc.train.config import FinetuneConfig
 
 # `--export` formats; `amc.export.EXPORT_FORMATS` is the source (a test checks they agree), kept here so that
@@ -19,17 +19,21 @@ def finetune_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
     """The fine-tuning flags; `epochs` 0 names the epochs flag `--finetune-epochs` (apply), else `--epochs`."""
     defaults = FinetuneConfig()
     flag = "--epochs" if epochs else "--finetune-epochs"
-    parser.add_argument(flag, dest="finetune_epochs", type=int, default=epochs,
+    parser.add_argument(flag, dest="finetune_epochs", type=COUNT if epochs else number(int, 0, 10**9), default=epochs,
                         help="epochs of fine-tuning (default %(default)s)")
-    parser.add_argument("--lr", type=float, default=defaults.lr,
+    parser.add_argument("--lr", type=number(float, 0.0, 10.0, low_open=True), default=defaults.lr,
                         help="peak SGD learning rate for batch 128 (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per step (default %(default)s)")
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="(default %(default)s)")
-    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, help="(default %(default)s)")
-    parser.add_argument("--distill-alpha", type=float, default=defaults.distill_alpha,
+    parser.add_argument("--batch-size", type=COUNT, default=defaults.batch_size,
+                        help="images per step (default %(default)s)")
+    parser.add_argument("--weight-decay", type=number(float, 0.0, 1.0, high_open=True), default=defaults.weight_decay,
+                        help="(default %(default)s)")
+    parser.add_argument("--label-smoothing", type=number(float, 0.0, 1.0, high_open=True),
+                        default=defaults.label_smoothing, help="(default %(default)s)")
+    parser.add_argument("--distill-alpha", type=number(float, 0.0, 1.0), default=defaults.distill_alpha,
                         help="weight of distillation from the dense model (default %(default)s: none)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--device", default=defaults.device, help="cpu, cuda or cuda:N (default %(default)s)")
+    parser.add_argument("--threads", type=THREADS, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", type=device_name, default=defaults.device,
+                        help="cpu, cuda or cuda:N (default %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted fine-tuning of --out")
     parser.add_argument("--export", choices=EXPORT_FORMATS, action="append", default=[],
                         help="also write OUT.pt2 (a torch.export program, loads with plain torch) or OUT.onnx; "

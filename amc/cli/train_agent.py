@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from agents.config import ALGORITHMS, SearchConfig
-from amc.cli import command
+from amc.cli import COUNT, FRACTION, LBOUND, command, device_name, number
 from envs import REWARDS
 
 
@@ -17,13 +17,14 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reward", choices=REWARDS, default=d.reward,
                         help="acc, flops (-error*log MACs), params (-error*log params) or latency "
                              "(-error*log microseconds) (default %(default)s)")
-    parser.add_argument("--episodes", type=int, default=d.episodes, help="episodes in all (default %(default)s)")
-    parser.add_argument("--warmup", type=int, default=d.warmup,
+    parser.add_argument("--episodes", type=COUNT, default=d.episodes, help="episodes in all (default %(default)s)")
+    parser.add_argument("--warmup", type=number(int, 0, 10**9), default=d.warmup,
                         help="first episodes with uniformly random actions (default %(default)s)")
     parser.add_argument("--algo", choices=ALGORITHMS, default=d.algo, help="SB3 algorithm (default %(default)s)")
-    parser.add_argument("--lbound", type=float, default=d.lbound, help="smallest preserve ratio (default %(default)s)")
-    parser.add_argument("--rbound", type=float, default=d.rbound, help="largest preserve ratio (default %(default)s)")
-    parser.add_argument("--device", default=d.device, help="device of the agent's networks (default %(default)s)")
+    parser.add_argument("--lbound", type=LBOUND, default=d.lbound, help="smallest preserve ratio (default %(default)s)")
+    parser.add_argument("--rbound", type=FRACTION, default=d.rbound, help="largest preserve ratio (default %(default)s)")
+    parser.add_argument("--device", type=device_name, default=d.device,
+                        help="device of the agent's networks (default %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

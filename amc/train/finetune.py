@@ -31,10 +31,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from amc.data.datasets import ImageSet, batches
+from amc.engine.device import resolve_device
 from amc.engine.measure import accuracy, to_channels_last
 from amc.errors import AmcError
 from amc.export import save_state_dict
-from amc.fileio import atomic_torch_save
+from amc.fileio import atomic_torch_save, check_writable
 from amc.train import distributed
 from amc.train.config import FinetuneConfig
 
@@ -85,6 +86,7 @@ def finetune(
     teacher: nn.Module | None = None,
     out: str | Path | None = None,
     resume: bool = False,
+    force: bool = False,
     progress: bool = True,
     save_fn: SaveFn = save_state_dict,
 ) -> FinetuneResult:
@@ -108,18 +110,20 @@ def finetune(
         resume: continue from `last_checkpoint_path(out)`; its config must match this one except for
             epochs, device and num_threads. The remaining epochs give the same weights as an uninterrupted
             run with this config (bit-for-bit on the CPU with the same number of threads).
+        force: start afresh when `out` or its resume state exists, removing both first.
         progress: show a progress bar over epochs on stderr.
         save_fn: writes the best model to a path; it must write atomically. Default: `save_state_dict`.
 
     Raises:
-        AmcError: invalid settings; `out` (or its resume state) exists without `resume`; `resume` without
+        AmcError: invalid settings; `out` cannot be written; `out` (or its resume state) exists without
+            `resume` or `force`; `resume` without
             `out` or without a resume state, or with one from a different config or model; a
             training loss that is not finite.
     """
     config = config or FinetuneConfig()
     _check_config(config, teacher)
     out = Path(out) if out is not None else None
-    _check_out(out, resume)
+    _check_out(out, resume, force)
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     device_type = torch.device(config.device).type
@@ -195,53 +199,55 @@ def _train(
         initial=len(history), total=config.epochs, desc="fine-tuning", unit="epoch", file=sys.stderr,
         disable=not (progress and main), dynamic_ncols=True,
     )  # fmt: skip
-    for epoch in range(len(history), config.epochs):
-        start = time.perf_counter()
-        net.train()
-        generator = torch.Generator().manual_seed(config.seed + epoch)
-        torch.manual_seed(int(np.random.SeedSequence([config.seed, epoch, rank]).generate_state(1)[0]))
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per step
-        step = epoch * steps_per_epoch
-        for images, labels in batches(
-            train, rank_batch, mean, std, shuffle=True, augment=augment, generator=generator,
-            rank=rank, world_size=world_size,
-        ):  # fmt: skip
-            images = to_channels_last(images)
-            lr = config.lr * _lr_factor(step, warmup_steps, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss = _loss(net(images), labels, images, teacher, config)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(labels)
-            step += 1
-        loss_total, seen = _sum_over_ranks([float(loss_sum), len(train) // world_size], device, world_size)
-        train_loss = loss_total / seen
-        if not math.isfinite(train_loss):
-            raise AmcError(f"training diverged (loss {train_loss}) in epoch {epoch + 1}; lower --lr")
+    try:  # the bar is closed before an error is reported, so the error starts its own line
+        for epoch in range(len(history), config.epochs):
+            start = time.perf_counter()
+            net.train()
+            generator = torch.Generator().manual_seed(config.seed + epoch)
+            torch.manual_seed(int(np.random.SeedSequence([config.seed, epoch, rank]).generate_state(1)[0]))
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per step
+            step = epoch * steps_per_epoch
+            for images, labels in batches(
+                train, rank_batch, mean, std, shuffle=True, augment=augment, generator=generator,
+                rank=rank, world_size=world_size,
+            ):  # fmt: skip
+                images = to_channels_last(images)
+                lr = config.lr * _lr_factor(step, warmup_steps, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss = _loss(net(images), labels, images, teacher, config)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach() * len(labels)
+                step += 1
+            loss_total, seen = _sum_over_ranks([float(loss_sum), len(train) // world_size], device, world_size)
+            train_loss = loss_total / seen
+            if not math.isfinite(train_loss):
+                raise AmcError(f"training diverged (loss {train_loss}) in epoch {epoch + 1}; lower --lr")
 
-        if world_size > 1:
-            # Each rank's BatchNorm running statistics saw only its shard; use rank 0's, which are saved.
-            for buffer in module.buffers():
-                dist.broadcast(buffer, src=0)
-        if module is not model:
-            model.load_state_dict(module.state_dict())
-        val_acc, val_loss = _evaluate(module, val, mean, std, device, world_size)
-        history.append({
-            "epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
-            "seconds": time.perf_counter() - start,
-        })  # fmt: skip
-        if val_acc > best_acc:
-            best_acc, best_epoch = val_acc, epoch + 1
+            if world_size > 1:
+                # Each rank's BatchNorm running statistics saw only its shard; use rank 0's, which are saved.
+                for buffer in module.buffers():
+                    dist.broadcast(buffer, src=0)
+            if module is not model:
+                model.load_state_dict(module.state_dict())
+            val_acc, val_loss = _evaluate(module, val, mean, std, device, world_size)
+            history.append({
+                "epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
+                "seconds": time.perf_counter() - start,
+            })  # fmt: skip
+            if val_acc > best_acc:
+                best_acc, best_epoch = val_acc, epoch + 1
+                if main and out is not None:
+                    save_fn(model, out)
             if main and out is not None:
-                save_fn(model, out)
-        if main and out is not None:
-            _save_last(last_checkpoint_path(out), model, optimizer, history, best_acc, best_epoch, config)
-        # Postfix first, then advance: the bar then shows each epoch's own numbers.
-        bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_acc:.2%}", best=f"{best_acc:.2%}", refresh=False)
-        bar.update()
-    bar.close()
+                _save_last(last_checkpoint_path(out), model, optimizer, history, best_acc, best_epoch, config)
+            # Postfix first, then advance: the bar then shows each epoch's own numbers.
+            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_acc:.2%}", best=f"{best_acc:.2%}", refresh=False)
+            bar.update()
+    finally:
+        bar.close()
     model.to(memory_format=torch.contiguous_format)
     # Nobody returns (and perhaps reads `out`) before rank 0 has written it.
     distributed.barrier()
@@ -254,47 +260,49 @@ def _check_config(config: FinetuneConfig, teacher: nn.Module | None) -> None:
             f"epochs {config.epochs} and batch size {config.batch_size} must both be at least 1; "
             "pass positive --epochs and --batch-size"
         )
-    if config.lr <= 0 or config.weight_decay < 0 or not 0 <= config.momentum < 1:
+    # written so that NaN fails every test: a NaN compares False with everything
+    if not (0 < config.lr < math.inf and 0 <= config.weight_decay < 1 and 0 <= config.momentum < 1):
         raise AmcError(
             f"lr {config.lr}, weight decay {config.weight_decay}, momentum {config.momentum} are out of range; "
-            "use lr > 0, weight decay >= 0 and momentum in [0, 1)"
+            "use a finite lr > 0, weight decay in [0, 1) and momentum in [0, 1)"
         )
-    if config.warmup_epochs < 0 or not 0 <= config.label_smoothing < 1:
+    if not (config.warmup_epochs >= 0 and 0 <= config.label_smoothing < 1):
         raise AmcError(
             f"warm-up epochs {config.warmup_epochs} or label smoothing {config.label_smoothing} is out of range; "
             "use warm-up >= 0 and label smoothing in [0, 1)"
         )
-    if not 0 <= config.distill_alpha <= 1 or config.temperature <= 0:
+    if not (0 <= config.distill_alpha <= 1 and 0 < config.temperature < math.inf):
         raise AmcError(
             f"distillation alpha {config.distill_alpha} or temperature {config.temperature} is out of range; "
             "use alpha in [0, 1] and a temperature > 0"
         )
     if config.distill_alpha > 0 and teacher is None:
         raise AmcError(f"distillation alpha {config.distill_alpha} needs a teacher model; pass one or set alpha to 0")
-    try:
-        device = torch.device(config.device)
-    except RuntimeError:
-        raise AmcError(f"unknown device {config.device!r}; use cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise AmcError(f"device {config.device!r} is not supported; use cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AmcError(f"device {config.device} was asked for but CUDA is not available here; use --device cpu")
+    resolve_device(config.device)
 
 
-def _check_out(out: Path | None, resume: bool) -> None:
-    """Refuse to overwrite an earlier run's files, or to resume without them."""
+def _check_out(out: Path | None, resume: bool, force: bool) -> None:
+    """Refuse to overwrite an earlier run's files without `force` (which removes them), or to resume without
+    them; check before any training that `out` can be written."""
     if out is None:
         if resume:
             raise AmcError("resuming needs the output file of the run to continue; pass its --out")
         return
     last = last_checkpoint_path(out)
+    if resume and force:
+        raise AmcError("--resume continues a fine-tuning and --force starts it afresh: pass one of them")
     if resume:
         if not last.is_file():
-            raise AmcError(f"cannot resume: {last} does not exist; run without --resume to start afresh")
+            raise AmcError(f"cannot resume: {last} does not exist (no epoch of that run had finished); "
+                           "pass --force instead of --resume to start afresh")
         return
-    existing = next((p for p in (out, last) if p.exists()), None)
-    if existing is not None:
-        raise AmcError(f"{existing} already exists; pass --resume to continue that run or choose another --out")
+    existing = [p for p in (out, last) if p.exists()]
+    if existing and not force:
+        raise AmcError(f"{existing[0]} already exists; pass --resume to continue that run, --force to start afresh, "
+                       "or choose another --out")
+    check_writable(out)
+    for path in existing:  # --force: the earlier run's model and resume state, nothing else
+        path.unlink(missing_ok=True)  # under torchrun every rank removes them
 
 
 def _load_last(path: Path, config: FinetuneConfig, model: nn.Module) -> dict[str, Any]:
