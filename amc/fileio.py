@@ -85,35 +85,45 @@ def check_writable(path: str | Path, *, folder: bool = False) -> None:
 
 @contextmanager
 def exclusive_lock(target: str | Path, lock_file: str | Path) -> Iterator[None]:
-    """Hold an exclusive lock on `lock_file` (created if needed) for the block; AmcError at once when another
-    process holds it. `target` is what the lock protects, named in the error.
+    """Hold an exclusive lock on `lock_file` for the block; AmcError at once when another process holds it.
+    `target` is what the lock protects, named in the error.
 
-    The lock is `fcntl.flock`, so it dies with its process (a killed run leaves no stale lock). The lock file
-    is left in place: removing it would let a third process lock a new file while a second still waits on
-    the old one.
+    The lock is `fcntl.flock`, so it dies with its process: a killed run leaves at most a lock file, never a
+    stale lock. The file is removed on release; a process that locked a file just removed by its holder sees
+    that the path no longer names its file and tries again, so two processes never both hold the lock.
     """
     import fcntl
 
     lock_file = Path(lock_file)
-    try:
-        lock_file.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(lock_file, "a+")
-    except OSError as exc:
-        raise AmcError(f"cannot write {target} ({exc.strerror or exc}); choose a writable location") from None
-    try:
+    while True:
+        try:
+            lock_file.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(lock_file, "a+")
+        except OSError as exc:
+            raise AmcError(f"cannot write {target} ({exc.strerror or exc}); choose a writable location") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
+            handle.close()
             raise AmcError(f"{target} is in use by another amc process ({holder}); wait for it to finish "
                            "or choose another --out") from None
+        try:
+            same = os.fstat(handle.fileno()).st_ino == os.stat(lock_file).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()  # the holder removed the file between our open and our lock: lock the new one
+    try:
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}")
         handle.flush()
         yield
     finally:
+        lock_file.unlink(missing_ok=True)
         handle.close()
 
 

@@ -50,10 +50,12 @@ def assert_one_line(message: str | BaseException, *fragments: str) -> None:
 
 
 def assert_user_error(code: int, err: str, *fragments: str) -> None:
-    """What the CLI does with bad input: exit code 2 and a single `amc: error:` line naming the problem."""
+    """What the CLI does with bad input: exit code 2 and a single `amc: error:` line naming the problem, last
+    (one-line warnings may come before it)."""
     assert code == 2, err
-    lines = err.strip().splitlines()
+    lines = [line for line in err.strip().splitlines() if not line.startswith("amc: warning: ")]
     assert len(lines) == 1 and lines[0].startswith("amc: error: "), err
+    assert err.strip().splitlines()[-1] == lines[0], err  # the error is the last line, on a line of its own
     assert_one_line(lines[0], *fragments)
 
 

@@ -215,8 +215,27 @@ def test_nan_weight_raises_naming_key(tmp_path: Path) -> None:
     assert_one_line(excinfo.value, "conv2.weight")
 
 
-def test_pickled_module_checkpoint_loads(tmp_path: Path) -> None:
-    path = tmp_path / "whole.pt"
-    torch.save({"model": create_model("digits_cnn"), "num_classes": 10}, path)
-    state, meta = read_checkpoint(path)
-    assert "fc2.weight" in state and meta == {"num_classes": 10}
+def test_pickled_objects_in_a_checkpoint_are_never_unpickled(tmp_path: Path, monkeypatch) -> None:
+    """A whole pickled model is refused with the fix named; a crafted pickle never runs its code."""
+    whole = tmp_path / "whole.pt"
+    torch.save({"model": create_model("digits_cnn"), "num_classes": 10}, whole)
+    with pytest.raises(AmcError) as excinfo:
+        read_checkpoint(whole)
+    assert_one_line(excinfo.value, "pickled Python objects", "state_dict()")
+
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": _Exploit(str(marker))}, evil)
+    with pytest.raises(AmcError, match="pickled Python objects"):
+        read_checkpoint(evil)
+    assert not marker.exists()
+
+
+class _Exploit:
+    """Pickles as a call that creates a file: what a malicious checkpoint would do."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))

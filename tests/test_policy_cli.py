@@ -190,7 +190,7 @@ def test_cli_uniform_latency_baseline_channels_last(capsys: pytest.CaptureFixtur
     argv = ("baseline", "--method", "uniform", "--model", "digits_cnn", "--input-shape", "1,8,8", "--target-latency",
             "0.9", "--latency-channels-last", "--out", policy_path)
     code, _, err = run(capsys, *argv, "--latency-batch", "0")
-    assert_user_error(code, err, "--latency-batch 0")
+    assert_user_error(code, err, "--latency-batch", "0 is outside")
     code, out, err = run(capsys, *argv, "--latency-batch", "8")
     assert code == 0, err
     policy = json.loads(policy_path.read_text())

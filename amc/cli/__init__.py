@@ -190,11 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `amc` with `argv` (default: the process's arguments); returns the exit code."""
-    parser = build_parser()
     try:
+        parser = build_parser()
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse's own errors (exit 2), --help and --version (exit 0)
         return exc.code if isinstance(exc.code, int) else 2
+    except KeyboardInterrupt:  # Ctrl-C during start-up: nothing was done
+        print("amc: interrupted before anything was done", file=sys.stderr)
+        return 130
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:

@@ -27,6 +27,13 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     arguments=_arguments,
 )
 def run(args: argparse.Namespace) -> int:
+    from amc.cli import common
+
+    with common.output_lock(args.out):
+        return _apply(args)
+
+
+def _apply(args: argparse.Namespace) -> int:
     import warnings
     from pathlib import Path
 
@@ -39,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from amc.policy import Policy
     from amc.reward import prepare_task
 
-    if not (args.finetune_epochs and args.resume):  # resuming a fine-tuning continues its --out
+    if not args.finetune_epochs:  # fine-tuning checks (and with --force removes) its own outputs
         common.check_out(args.out, args.force)
     budget = common.budget(args.target_flops, args.target_params, args.target_latency, args.latency_batch)
     if args.agent is not None and not (args.dataset and budget):
@@ -64,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         recorded = policy.extra.get("selection")
     selection = choose_selection(args.selection, recorded, has_data=bool(args.dataset))
+    if args.checkpoint is None:
+        warnings.warn(f"no --checkpoint: pruning the untrained model {args.model} (its initialisation with seed 0)")
     task = None
     if args.dataset:
         task = prepare_task(args.model, args.checkpoint, args.dataset, args.data_dir, val_size=args.val_size,
@@ -71,7 +80,6 @@ def run(args: argparse.Namespace) -> int:
         trained, pruner = task.model, task.pruner
     else:
         trained = load_trained_model(args.model, args.checkpoint, input_shape=args.input_shape)
-        common.check_forward(trained.module, trained.input_shape, args.model)
         pruner = ChannelPruner(trained.module, trained.input_shape, selection=selection)
     if policy is None:
         from agents.search import policy_from_agent
@@ -82,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     pruned = apply_policy(task if task is not None else (trained, pruner), policy)
     if args.finetune_epochs:
         finetune_and_save(pruned, task.dataset, finetune_config(args), args.out, val_size=args.val_size,
-                          resume=args.resume, teacher=task.pruner.model)
+                          resume=args.resume, force=args.force, teacher=task.pruner.model)
         pruned = pruned.with_module(load_model(args.out))
         info = read_model_info(args.out)
     else:

@@ -4,24 +4,27 @@ modules import this module inside their run function only."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn as nn
 
 from amc.data.datasets import Dataset, load_dataset
 from amc.engine.budget import Budget
 from amc.errors import AmcError
+from amc.fileio import check_writable, exclusive_lock
 from amc.models.pruned import load_model, read_model_info
-from amc.models.trained import TrainedModel, load_trained_model
+from amc.models.trained import TrainedModel, check_fits, load_trained_model
 
 
 def is_model_file(spec: str) -> bool:
-    """True when --model names an amc pruned-model file rather than a dense model."""
-    return spec.endswith(".pt")
+    """True when --model names a file rather than a dense model: an amc pruned-model file, whatever its suffix
+    (`pkg.mod:factory` and `file.py:factory` specs hold a colon; registered names are not files)."""
+    return ":" not in spec and (Path(spec).is_file() or spec.endswith((".pt", ".pth")))
 
 
 def dataset(name: str | None, data_dir: str | None) -> Dataset | None:
@@ -38,9 +41,7 @@ def trained_model(spec: str, checkpoint: str | None, data: Dataset | None,
     """
     if not is_model_file(spec):
         shape = data.image_shape if data is not None else input_shape
-        trained = load_trained_model(spec, checkpoint, dataset=data, input_shape=shape)
-        check_forward(trained.module, trained.input_shape, spec)
-        return trained
+        return load_trained_model(spec, checkpoint, dataset=data, input_shape=shape)
     if checkpoint:
         raise AmcError(f"{spec} is a pruned-model file with its own weights; drop --checkpoint")
     info = read_model_info(spec)
@@ -50,19 +51,9 @@ def trained_model(spec: str, checkpoint: str | None, data: Dataset | None,
             f"{spec} takes inputs of shape {shape} but dataset {data.name} has {tuple(data.image_shape)}; "
             "pass the dataset the model was pruned on"
         )
-    return TrainedModel(load_model(spec), spec, info["num_classes"], shape, tuple(info["mean"]), tuple(info["std"]))
-
-
-def check_forward(model: nn.Module, input_shape: Sequence[int], spec: str) -> None:
-    """AmcError when the model cannot take inputs of `input_shape` (e.g. a CIFAR model on 8x8 digits)."""
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *input_shape))
-    except Exception as exc:
-        raise AmcError(
-            f"model {spec} fails on inputs of shape {tuple(input_shape)} ({type(exc).__name__}); "
-            "pass the dataset or --input-shape it was built for"
-        ) from exc
+    trained = TrainedModel(load_model(spec), spec, info["num_classes"], shape, tuple(info["mean"]), tuple(info["std"]))
+    check_fits(trained, data.num_classes if data else None, data.name if data else None)
+    return trained
 
 
 def budget(target_flops: float | None, target_params: float | None, target_latency: float | None,
@@ -77,9 +68,19 @@ def budget(target_flops: float | None, target_params: float | None, target_laten
 
 
 def check_out(out: str | Path, force: bool) -> None:
-    """Refuse to overwrite `out` without `force`; called before any work is done."""
+    """Refuse to overwrite `out` without `force`, and an `out` that cannot be written; called before any work."""
     if Path(out).exists() and not force:
         raise AmcError(f"{out} already exists; pass --force to overwrite it or choose another --out")
+    check_writable(out)
+
+
+def output_lock(out: str | Path) -> AbstractContextManager:
+    """A lock on the output file `out` for a command's whole run (a second writer is refused at once); the lock
+    file `.NAME.lock` sits beside `out` while the command runs. Under torchrun only rank 0 writes and locks."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return nullcontext()
+    out = Path(out)
+    return exclusive_lock(out, out.parent / f".{out.name}.lock")
 
 
 def print_json(obj: dict[str, Any]) -> None:

@@ -49,20 +49,22 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
 
 
 def finetune_and_save(pruned: Any, data: Any, config: FinetuneConfig, out: str, *, val_size: int | None,
-                      resume: bool, teacher: Any = None) -> None:
+                      resume: bool, force: bool, teacher: Any = None) -> None:
     """Fine-tune the `PrunedModel` on the TRAIN split less `val`, keeping the best epoch on `val` in `out`."""
     from amc.data.split import split_train_val
     from amc.train import distributed
-    from amc.train.finetune import finetune
+    from amc.train.finetune import finetune, last_checkpoint_path
 
     train_idx, val_idx = split_train_val(len(data.train), val_size, config.seed)
     try:
         result = finetune(pruned.module, data.train.subset(train_idx), data.train.subset(val_idx), pruned.mean,
                           pruned.std, config, teacher=teacher if config.distill_alpha > 0 else None, out=out,
-                          resume=resume, save_fn=lambda model, path: pruned.with_module(model).save(path))
+                          resume=resume, force=force, save_fn=lambda model, path: pruned.with_module(model).save(path))
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"every finished epoch is kept beside {out}: continue with the same "
-                                "arguments plus --resume") from None
+        if last_checkpoint_path(out).is_file():
+            raise KeyboardInterrupt(f"every finished epoch is kept beside {out}: continue with the same "
+                                    "arguments plus --resume") from None
+        raise KeyboardInterrupt("no epoch had finished, so nothing was kept: run the same command again") from None
     if distributed.is_main():
         print(f"fine-tuned {config.epochs} epochs: best val accuracy {100 * result.best_val_accuracy:.2f}% "
               f"(epoch {result.best_epoch}), written to {out}", file=sys.stderr)
@@ -82,6 +84,16 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 )
 def run(args: argparse.Namespace) -> int:
     from amc.cli import common
+    from amc.errors import AmcError
+
+    if not common.is_model_file(args.model):
+        raise AmcError(f"finetune takes an amc pruned-model file (from amc apply); {args.model} is not a file")
+    with common.output_lock(args.out):
+        return _finetune(args)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from amc.cli import common
     from amc.data.datasets import load_dataset
     from amc.data.transforms import normalize
     from amc.engine.measure import accuracy
@@ -90,10 +102,6 @@ def run(args: argparse.Namespace) -> int:
     from amc.models.trained import load_trained_model
     from amc.train import distributed
 
-    if not common.is_model_file(args.model):
-        raise AmcError(f"finetune takes an amc pruned-model file (from amc apply); {args.model} is not a .pt file")
-    if not args.resume:
-        common.check_out(args.out, args.force)
     data = load_dataset(args.dataset, args.data_dir)
     common.trained_model(args.model, None, data)  # checks the file fits the dataset
     pruned = PrunedModel.load(args.model)
@@ -103,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.distill_alpha > 0:
         raise AmcError("--distill-alpha needs --teacher MODEL (and --teacher-checkpoint FILE): the dense model")
     finetune_and_save(pruned, data, finetune_config(args), args.out, val_size=args.val_size, resume=args.resume,
-                      teacher=teacher)
+                      force=args.force, teacher=teacher)
     if not distributed.is_main():  # under torchrun, rank 0 alone measures, exports and reports
         return 0
     best = load_model(args.out)

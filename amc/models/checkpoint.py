@@ -76,15 +76,16 @@ def _torch_load(path: Path) -> object:
         raise AmcError(f"checkpoint file {path} not found; check the checkpoint path")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        pass
-    # Some checkpoints pickle whole modules or custom objects, which the safe loader refuses.
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
+        if "Unsupported global" in str(exc):  # the safe loader met a class or function to import
+            # Never unpickled: unpickling an arbitrary object can run any code the file's author chose.
+            raise AmcError(
+                f"checkpoint {path} holds pickled Python objects (a whole model or custom classes), which amc does "
+                "not load because unpickling can run code; save the weights with torch.save(model.state_dict(), path)"
+            ) from None
         raise AmcError(
             f"checkpoint {path} is not a readable torch file ({type(exc).__name__}); give a file written by torch.save"
-        ) from exc
+        ) from None
 
 
 def _split(obj: object, path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -153,6 +153,10 @@ def load_model(path: str | Path) -> nn.Module:
             )
         keep[name] = torch.tensor(sorted(idxs), dtype=torch.long)
     prune_(model, groups, keep)
+    for key, value in data["state_dict"].items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise AmcError(f"{path} holds NaN or Inf weights in {key}: the file is damaged; "
+                           "write it again with amc apply (or amc finetune)")
     try:
         model.load_state_dict(data["state_dict"], strict=True)
     except RuntimeError as exc:

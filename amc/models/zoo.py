@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from amc.data.datasets import batches, load_dataset, resolve_cache_dir
 from amc.data.split import split_train_val
+from amc.errors import AmcError
 from amc.fileio import atomic_torch_save
 from amc.models import create_model
 
@@ -38,7 +39,9 @@ def digits_checkpoint(cache_dir: str | Path | None = None) -> Path:
             optimizer.zero_grad()
             F.cross_entropy(model(x), y).backward()
             optimizer.step()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save({"state_dict": model.state_dict(), "arch": "digits_cnn", "num_classes": data.num_classes,
-                       "mean": list(data.mean), "std": list(data.std)}, path)
+    try:
+        atomic_torch_save({"state_dict": model.state_dict(), "arch": "digits_cnn", "num_classes": data.num_classes,
+                           "mean": list(data.mean), "std": list(data.std)}, path)
+    except AmcError as exc:
+        raise AmcError(f"{exc}, or set AMC_CACHE_DIR to a writable folder for amc's cache") from None
     return path
