@@ -161,7 +161,8 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
             config.check_task(task)
         if force:
             run.clear()
-        atomic_write_json(run.path / "config.json", config.to_dict())
+        if not resume:  # first thing on disk, so a run killed during its set-up can be resumed
+            atomic_write_json(run.path / "config.json", config.to_dict())
         return _search(config, run, task or config.prepare_task(), resume, progress)
 
 
@@ -211,6 +212,8 @@ def _search(config: SearchConfig, run: RunFolder, task: Task, resume: bool, prog
     if resume:
         agent, state = _load_checkpoint(run, agent, env, config.device)
     log.truncate(state.episode)
+    if resume:  # the folder resumes: record this run's arguments (its --out, --episodes may differ)
+        atomic_write_json(run.path / "config.json", config.to_dict())
     if isinstance(state.best, dict):  # checkpoints of earlier versions hold the policy's JSON object
         state.best = Policy.from_dict(state.best)
     if state.best is not None:
