@@ -119,6 +119,9 @@ class Policy:
             ) from None
         except UnicodeDecodeError:
             raise AmcError(f"policy file {path} is not a JSON text file; pass the .json policy file") from None
+        except RecursionError:
+            raise AmcError(f"policy file {path} is nested too deeply to be an amc policy; pass the .json policy "
+                           "file amc wrote") from None
         return cls.from_dict(data, str(path))
 
     @classmethod

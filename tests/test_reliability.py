@@ -384,3 +384,37 @@ def test_finetuning_restarts_with_force_whatever_was_left(capsys, tmp_path):
     code, _, err = run(capsys, *tune, "--resume")
     assert_user_error(code, err, "--force")  # the way out is named: no circle
     assert run(capsys, *tune, "--force")[0] == 0
+
+
+def test_rare_inputs_are_one_line(capsys, tmp_path):
+    policy = tmp_path / "u.json"
+    run(capsys, "baseline", "--model", "digits_cnn", "--input-shape", "1,8,8", "--target-flops", "0.5", "--out", policy)
+    pruned = tmp_path / "p.pt"
+    run(capsys, "apply", "--model", "digits_cnn", "--checkpoint", digits_checkpoint(), "--dataset", "digits",
+        "--policy", policy, "--out", pruned)
+    (tmp_path / "half.pt").write_bytes(pruned.read_bytes()[: pruned.stat().st_size // 2])
+    edited = torch.load(pruned, weights_only=True)
+    edited["base"] = "resnet20"
+    torch.save(edited, tmp_path / "edited.pt")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(3)\n")
+    (tmp_path / "linear.py").write_text("import torch.nn as nn\n\ndef f():\n    return nn.Sequential(nn.Flatten(), "
+                                        "nn.Linear(64, 10))\n")
+    loop = tmp_path / "loop"
+    (loop / "train" / "a").mkdir(parents=True)
+    (loop / "test" / "a").mkdir(parents=True)
+    (loop / "train" / "a" / "self").symlink_to(loop / "train" / "a")
+    cases = [
+        (["eval", "--model", tmp_path / "half.pt", "--dataset", "digits"], "damaged torch file"),
+        (["eval", "--model", tmp_path / "edited.pt", "--dataset", "digits"], "prune the model again"),
+        (["apply", "--model", "digits_cnn", "--checkpoint", digits_checkpoint(), "--dataset", "digits", "--policy",
+          tmp_path / "deep.json", "--out", tmp_path / "x.pt"], "nested too deeply"),
+        ([*SEARCH, "--model", f"{tmp_path / 'exits.py'}:f", "--dataset", "digits", "--out", tmp_path / "r1"], "failed"),
+        (["baseline", "--model", f"{tmp_path / 'linear.py'}:f", "--input-shape", "1,8,8", "--target-flops", "0.5",
+          "--out", tmp_path / "l.json"], "no prunable channel group"),
+        ([*SEARCH, "--model", "torch.nn:Identity", "--dataset", "synthetic", "--out", tmp_path / "r2"], "class logits"),
+        (["eval", "--model", "digits_cnn", "--dataset", "imagefolder", "--data-dir", loop], "has no images"),  # the loop is followed once
+    ]
+    for argv, message in cases:
+        code, _, err = run(capsys, *argv)
+        assert_user_error(code, err, message)

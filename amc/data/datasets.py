@@ -308,18 +308,27 @@ def _subfolders(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
-def _walk_files(folder: Path) -> list[os.DirEntry]:
-    """All non-hidden files under `folder`, recursively, sorted by path so labels and order are reproducible."""
+def _walk_files(folder: Path, seen: set[tuple[int, int]] | None = None) -> list[os.DirEntry]:
+    """All non-hidden files under `folder`, recursively, sorted by path so labels and order are reproducible.
+    Symlinked folders are followed once each, so a link loop cannot recurse without end."""
+    seen = set() if seen is None else seen
     out: list[os.DirEntry] = []
-    for entry in os.scandir(folder):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            out.extend(_walk_files(Path(entry.path)))
-        elif entry.is_file():
-            out.append(entry)
+    try:
+        info = folder.stat()
+        if (info.st_dev, info.st_ino) in seen:
+            return out
+        seen.add((info.st_dev, info.st_ino))
+        entries = list(os.scandir(folder))
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                out.extend(_walk_files(Path(entry.path), seen))
+            elif entry.is_file():
+                out.append(entry)
+    except OSError as exc:  # a broken link, a folder we may not read
+        raise AmcError(f"cannot read image folder {folder} ({exc.strerror or exc}); fix the folder or its links") from None
     return sorted(out, key=lambda e: e.path)
-
 
 def _decode_file(path: str) -> np.ndarray | str:
     """One image file as uint8 [H, W, 3] RGB, or the reason Pillow could not read it."""

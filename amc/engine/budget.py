@@ -67,7 +67,11 @@ def ratio_counts(pruner: ChannelPruner, ratio: float | np.ndarray, lbound: float
 
 
 def check_reachable(pruner: ChannelPruner, cost: CostFn, budget: Budget, lbound: float = 0.0) -> float:
-    """The budget's absolute target; AmcError if even the smallest allowed model exceeds it."""
+    """The budget's absolute target; AmcError if the model has no prunable group or even the smallest
+    allowed model exceeds the budget."""
+    if not pruner.groups:
+        raise AmcError("the model has no prunable channel group (every conv and Linear is pinned, or there is none); "
+                       "amc prunes the channels of convolutional and linear layers")
     dense = float(cost(pruner.channels))
     smallest = float(cost(min_counts(pruner, lbound))) / dense
     if budget.ratio < smallest:

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from amc.engine.hooks import forward_hooks
+from amc.errors import AmcError
 
 ItemKind = Literal["out", "in", "norm"]
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -271,7 +272,8 @@ def find_groups(
     model.eval()
     layers = trace_layers(model, example)
     if not layers:
-        raise ValueError("the model has no Conv2d or Linear layer to prune")
+        raise AmcError("the model has no Conv2d or Linear layer, so nothing for amc to prune; "
+                       "amc prunes the channels of convolutional and linear layers")
     output_layer = max(layers.values(), key=lambda info: info.order).name
     skip = [model.get_submodule(n) for n in (output_layer, *ignored)]
     names = _module_names(model)

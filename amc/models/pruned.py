@@ -135,6 +135,16 @@ def load_model(path: str | Path) -> nn.Module:
     """
     path = Path(path)
     data = _read(path)
+    try:
+        return _rebuild(path, data)
+    except AmcError:
+        raise
+    except Exception as exc:  # a hand-edited or foreign record: base, shapes or kept channels that do not agree
+        raise AmcError(f"{path} does not rebuild into a pruned {data['base']} ({type(exc).__name__}); its record "
+                       "was edited or its model's definition changed: prune the model again with amc apply") from None
+
+
+def _rebuild(path: Path, data: dict[str, Any]) -> nn.Module:
     model = create_model(data["base"], data["num_classes"])
     example = torch.zeros(2, *data["input_shape"])
     # Groups are found without re-verification: the file records only groups that passed it when the
@@ -177,7 +187,12 @@ def _read(path: Path) -> dict[str, Any]:
     )
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a pickled module or a non-torch file: either way not something amc wrote
+    except Exception as exc:  # a pickled module or a non-torch file: either way not something amc wrote
+        with open(path, "rb") as f:
+            zipped = f.read(2) == b"PK"  # torch files are zip archives: this one is a damaged torch file
+        if zipped and "Unsupported global" not in str(exc):
+            raise AmcError(f"{path} is a damaged torch file (truncated or overwritten: {type(exc).__name__}); "
+                           "write it again with amc apply") from None
         raise not_ours from None
     if not isinstance(data, dict) or not isinstance(data.get("format"), str):
         raise not_ours

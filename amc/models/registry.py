@@ -85,7 +85,7 @@ def _accepts_num_classes(factory: ModelFactory) -> bool:
 def _call_factory(factory: ModelFactory, spec: str, kwargs: dict[str, int]) -> nn.Module:
     try:
         model = factory(**kwargs)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # user code may even call sys.exit()
         raise AmcError(f"model factory {spec} failed: {one_line(exc)}; fix the factory or pick another model") from exc
     if not isinstance(model, nn.Module):
         raise AmcError(
@@ -97,7 +97,7 @@ def _call_factory(factory: ModelFactory, spec: str, kwargs: dict[str, int]) -> n
 def _import_module(name: str, spec: str) -> ModuleType:
     try:
         return importlib.import_module(name)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise AmcError(
             f"model spec {spec}: cannot import module {name!r} ({one_line(exc)}); "
             "install it or give a file instead as path/to/file.py:factory"
@@ -118,7 +118,7 @@ def _load_file(location: str, spec: str) -> ModuleType:
     sys.modules[name] = module
     try:
         module_spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         del sys.modules[name]
         raise AmcError(f"model spec {spec}: running {location} failed: {one_line(exc)}; fix the file") from exc
     return module
