@@ -31,12 +31,22 @@ class ChannelPruningEnv(gym.Env):
     `len(pruner.groups)` steps in all. There is no truncation.
 
     ## Observation
-    `Box(0, 1, (11,), float32)`, AMC's layer embedding of the current group t: index t, channels n,
-    input channels c of the producing layer, input height h and width w, stride, kernel size, the group's
-    cost (see below), the cost already removed by earlier actions, the cost of the later groups, and
-    the previous preserve ratio. The first seven and the group cost are min-max scaled across groups
-    once; the removed / later costs are fractions of the dense model's cost. Costs are in the budget's
-    unit (MACs, parameters or milliseconds).
+    `Box(0, 1, (11,), float32)`, AMC's layer embedding of the current group t (section 3.1). Costs are in the
+    budget's unit (MACs, parameters or milliseconds); every feature is in [0, 1] by construction (no clip):
+
+    | index | feature | source | scaling |
+    |---|---|---|---|
+    | 0 | t | position of the group in execution order | min-max over groups |
+    | 1 | n | channels of the group | min-max over groups |
+    | 2 | c | input channels of the layer producing the group | min-max over groups |
+    | 3 | h | input height of that layer | min-max over groups |
+    | 4 | w | input width of that layer | min-max over groups |
+    | 5 | stride | of that layer | min-max over groups |
+    | 6 | k | kernel size of that layer | min-max over groups |
+    | 7 | cost | the group's share of the cost (layers it produces and feeds) | min-max over groups |
+    | 8 | removed | cost removed by the actions so far | fraction of the dense cost |
+    | 9 | rest | cost of the groups after t | fraction of the dense cost, at most 1 |
+    | 10 | a_{t-1} | preserve ratio kept by the previous group (1 at t = 0) | kept / channels |
 
     ## Action
     `Box(0, 1, (1,), float32)`: a in [0, 1] is mapped to the preserve ratio lbound + a (rbound - lbound)

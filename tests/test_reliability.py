@@ -32,6 +32,18 @@ def run(capsys, *argv) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.fixture(scope="module")
+def digits_files(tmp_path_factory) -> tuple[Path, Path]:
+    """A uniform 50%-FLOPs policy for the digits CNN and the pruned-model file it gives (read only)."""
+    root = tmp_path_factory.mktemp("digits_files")
+    policy, pruned = root / "u.json", root / "p.pt"
+    assert main(["baseline", "--model", "digits_cnn", "--input-shape", "1,8,8", "--target-flops", "0.5",
+                 "--out", str(policy)]) == 0
+    assert main(["apply", "--model", "digits_cnn", "--checkpoint", str(digits_checkpoint()), "--dataset", "digits",
+                 "--policy", str(policy), "--out", str(pruned)]) == 0
+    return policy, pruned
+
+
 # ---- every numeric flag of every command is checked when parsed -------------------------------------
 
 DIGITS_APPLY = ["apply", "--model", "digits_cnn", "--dataset", "digits", "--policy", "p.json", "--out", "o.pt"]
@@ -181,10 +193,8 @@ def test_a_second_search_on_a_locked_run_folder_is_refused(capsys, tmp_path):
     assert run(capsys, *SEARCH, "--episodes", "6", "--out", out, "--resume")[0] == 0  # free once the holder is done
 
 
-def test_a_second_apply_on_one_output_is_refused(capsys, tmp_path):
-    policy = tmp_path / "u.json"
-    assert run(capsys, "baseline", "--model", "digits_cnn", "--input-shape", "1,8,8", "--target-flops", "0.5",
-               "--out", policy)[0] == 0
+def test_a_second_apply_on_one_output_is_refused(capsys, tmp_path, digits_files):
+    policy, _ = digits_files
     out = tmp_path / "same.pt"
     apply = ["apply", "--model", "digits_cnn", "--checkpoint", digits_checkpoint(), "--dataset", "digits",
              "--policy", policy, "--out", out]
@@ -309,13 +319,12 @@ def test_damaged_latency_table_is_measured_again(capsys, tmp_path):
 
 # ---- outputs, models and files ------------------------------------------------------------------------
 
-def test_unwritable_outputs_are_refused_before_any_work(capsys, tmp_path):
+def test_unwritable_outputs_are_refused_before_any_work(capsys, tmp_path, digits_files):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")  # nothing can be created under a file, for any user (root included)
     code, _, err = run(capsys, *SEARCH, "--out", blocker / "run")
     assert_user_error(code, err, "cannot write")
-    policy = tmp_path / "u.json"
-    run(capsys, "baseline", "--model", "digits_cnn", "--input-shape", "1,8,8", "--target-flops", "0.5", "--out", policy)
+    policy, _ = digits_files
     started = time.monotonic()
     code, _, err = run(capsys, "apply", "--model", "digits_cnn", "--checkpoint", digits_checkpoint(), "--dataset",
                        "digits", "--policy", policy, "--finetune-epochs", "3", "--out", blocker / "x.pt")
@@ -338,9 +347,8 @@ def test_model_and_data_that_do_not_fit_are_one_line(capsys, tmp_path, argv, mes
     assert_user_error(code, err, message)
 
 
-def test_model_files_by_content_and_damaged_weights(capsys, tmp_path):
-    policy = tmp_path / "u.json"
-    run(capsys, "baseline", "--model", "digits_cnn", "--input-shape", "1,8,8", "--target-flops", "0.5", "--out", policy)
+def test_model_files_by_content_and_damaged_weights(capsys, tmp_path, digits_files):
+    policy, _ = digits_files
     pth = tmp_path / "model.pth"
     assert run(capsys, "apply", "--model", "digits_cnn", "--checkpoint", digits_checkpoint(), "--dataset", "digits",
                "--policy", policy, "--out", pth)[0] == 0
@@ -357,9 +365,8 @@ def test_model_files_by_content_and_damaged_weights(capsys, tmp_path):
         assert_user_error(code, err, "NaN or Inf", key)
 
 
-def test_apply_without_checkpoint_warns_and_is_reproducible(capsys, tmp_path):
-    policy = tmp_path / "u.json"
-    run(capsys, "baseline", "--model", "digits_cnn", "--input-shape", "1,8,8", "--target-flops", "0.5", "--out", policy)
+def test_apply_without_checkpoint_warns_and_is_reproducible(capsys, tmp_path, digits_files):
+    policy, _ = digits_files
     made = []
     for name in ("a.pt", "b.pt"):
         code, _, err = run(capsys, "apply", "--model", "digits_cnn", "--dataset", "digits", "--policy", policy,
@@ -369,12 +376,8 @@ def test_apply_without_checkpoint_warns_and_is_reproducible(capsys, tmp_path):
     assert all(torch.equal(made[0][k], made[1][k]) for k in made[0])
 
 
-def test_finetuning_restarts_with_force_whatever_was_left(capsys, tmp_path):
-    policy = tmp_path / "u.json"
-    run(capsys, "baseline", "--model", "digits_cnn", "--input-shape", "1,8,8", "--target-flops", "0.5", "--out", policy)
-    pruned = tmp_path / "p.pt"
-    run(capsys, "apply", "--model", "digits_cnn", "--checkpoint", digits_checkpoint(), "--dataset", "digits",
-        "--policy", policy, "--out", pruned)
+def test_finetuning_restarts_with_force_whatever_was_left(capsys, tmp_path, digits_files):
+    policy, pruned = digits_files
     tune = ["finetune", "--model", pruned, "--dataset", "digits", "--epochs", "1", "--out", tmp_path / "ft.pt"]
     assert run(capsys, *tune)[0] == 0
     code, _, err = run(capsys, *tune)
@@ -386,12 +389,8 @@ def test_finetuning_restarts_with_force_whatever_was_left(capsys, tmp_path):
     assert run(capsys, *tune, "--force")[0] == 0
 
 
-def test_rare_inputs_are_one_line(capsys, tmp_path):
-    policy = tmp_path / "u.json"
-    run(capsys, "baseline", "--model", "digits_cnn", "--input-shape", "1,8,8", "--target-flops", "0.5", "--out", policy)
-    pruned = tmp_path / "p.pt"
-    run(capsys, "apply", "--model", "digits_cnn", "--checkpoint", digits_checkpoint(), "--dataset", "digits",
-        "--policy", policy, "--out", pruned)
+def test_rare_inputs_are_one_line(capsys, tmp_path, digits_files):
+    policy, pruned = digits_files
     (tmp_path / "half.pt").write_bytes(pruned.read_bytes()[: pruned.stat().st_size // 2])
     edited = torch.load(pruned, weights_only=True)
     edited["base"] = "resnet20"
