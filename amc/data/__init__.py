@@ -6,3 +6,10 @@ line can offer it without loading torch.
 """
 
 DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
+
+
+def load_dataset(*args, **kwargs):  # noqa: ANN002, ANN003
+    """`amc.data.datasets.load_dataset`, at the package for convenience (torch loads on the first call)."""
+    from amc.data.datasets import load_dataset as load
+
+    return load(*args, **kwargs)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import copy
 import warnings
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 import torch.nn as nn
@@ -178,6 +179,25 @@ def mask_copy(model: nn.Module, groups: Sequence[ChannelGroup], keep: dict[str, 
     return masked
 
 
+@contextmanager
+def _masked(model: nn.Module, group: ChannelGroup, kept: torch.Tensor) -> Iterator[None]:
+    """`model` as `mask_copy` makes it, for the block: the consuming weights of removed channels zeroed in
+    place, and restored afterwards."""
+    modules = dict(model.named_modules())
+    saved = []
+    with torch.no_grad():
+        try:
+            for (name, kind), idxs in group.removed_by_module(kept).items():
+                if kind == "in" and idxs:
+                    weight = modules[name].weight
+                    saved.append((weight, idxs, weight[:, idxs].clone()))
+                    weight[:, idxs] = 0.0
+            yield
+        finally:
+            for weight, idxs, values in reversed(saved):
+                weight[:, idxs] = values
+
+
 def _classify(dg: tp.DependencyGraph, module: nn.Module, handler: Callable) -> ItemKind | None:
     """Item kind of a (module, handler) pair, or None for an unsupported module type."""
     if isinstance(module, _NORMS):
@@ -230,29 +250,54 @@ def _build_group(
     )
 
 
-def verify_group(model: nn.Module, group: ChannelGroup, example: torch.Tensor) -> str | None:
+def _keep_patterns(group: ChannelGroup, seed: int) -> list[torch.Tensor]:
+    """Kept channel sets that a wrong index map cannot pass: the lower half, the upper half, and a seeded random
+    subset of random size (an op that splits, shifts, shuffles or swaps channels maps at least one of them to the
+    wrong channels or sizes). Each keeps at least `min_keep` and removes at least one."""
+    n, low = group.channels, max(1, group.min_keep)
+    if n <= low:
+        return []
+    half = max(low, n // 2)
+    generator = torch.Generator().manual_seed(seed)
+    size = int(torch.randint(low, n, (1,), generator=generator))
+    patterns = [torch.arange(half), torch.arange(n - half, n), torch.randperm(n, generator=generator)[:size].sort().values]
+    out = []
+    for keep in patterns:
+        if len(keep) < low:
+            keep = torch.arange(low)
+        if len(keep) < n and not any(torch.equal(keep, seen) for seen in out):
+            out.append(keep)
+    return out
+
+
+def verify_group(model: nn.Module, group: ChannelGroup, example: torch.Tensor, seed: int = 0) -> str | None:
     """Check that pruning `group` physically equals masking it; return why not, or None if it does.
 
-    Every other channel is removed (at least `min_keep` kept). `example` is a small input batch.
+    Several kept sets are tried (`_keep_patterns`): symmetric ones alone cannot expose an operation that
+    splits the channels (e.g. `torch.chunk` into two branches), since every half then looks the same.
+    `example` is a small input batch.
     """
-    keep = {group.name: torch.arange(0, group.channels, 2)}
-    if len(keep[group.name]) < group.min_keep:
-        keep[group.name] = torch.arange(group.min_keep)
-    try:
-        pruned = prune_copy(model, [group], keep)
-        with torch.no_grad():
-            got = pruned(example)
-            want = mask_copy(model, [group], keep)(example)
-    except Exception as exc:  # a wrongly coupled group breaks shapes: that is the failure we look for
-        detail = " ".join(str(exc).split())[:80]
-        return (f"removing its channels breaks the forward pass ({type(exc).__name__}: {detail}): they are coupled "
-                "through an operation the dependency graph does not see, e.g. a zero-padding shortcut")
-    if got.shape != want.shape:
-        return f"the pruned copy's output has shape {tuple(got.shape)} instead of {tuple(want.shape)}"
-    err = (got - want).abs().max().item()
-    if not err <= 1e-4 * (1.0 + want.abs().max().item()):
-        return (f"the pruned copy differs from the masked original by {err:.3g}: its channels are coupled through "
-                "an operation the dependency graph does not see")
+    example = example[:2]  # three kept sets at two images cost about what one set at four did
+    for kept in _keep_patterns(group, seed):
+        keep = {group.name: kept}
+        try:
+            pruned = prune_copy(model, [group], keep)
+            with torch.no_grad():
+                got = pruned(example)
+                with _masked(model, group, kept):  # in place and undone: a copy per pattern would cost more
+                    want = model(example)
+        except Exception as exc:  # a wrongly coupled group breaks shapes: that is the failure we look for
+            detail = " ".join(str(exc).split())[:80]
+            return (f"removing its channels breaks the forward pass ({type(exc).__name__}: {detail}): they are "
+                    "coupled through an operation the dependency graph does not see, e.g. a zero-padding shortcut "
+                    "or a split of the channels")
+        if got.shape != want.shape:
+            return f"the pruned copy's output has shape {tuple(got.shape)} instead of {tuple(want.shape)}"
+        err = (got - want).abs().max().item()
+        if not err <= 1e-4 * (1.0 + want.abs().max().item()):
+            return (f"the pruned copy differs from the masked original by {err:.3g} when it keeps {len(kept)} of "
+                    f"{group.channels} channels: they are coupled through an operation the dependency graph does "
+                    "not map correctly (e.g. a split of the channels)")
     return None
 
 
@@ -285,7 +330,7 @@ def find_groups(
         if isinstance(built, str):
             warnings.warn(f"channel group {names.get(tp_group[0].dep.target.module)} excluded: {built}")
             continue
-        reason = verify_group(model, built, example) if verify else None
+        reason = verify_group(model, built, example, seed=len(groups)) if verify else None
         if reason is not None:
             warnings.warn(f"channel group {built.name} excluded: {reason}")
             continue

@@ -62,6 +62,7 @@ class ChannelPruner:
         norm = "l1" if selection == "ls" else selection
         self.ranking = {g.name: norm_ranking(model, g, norm) for g in self.groups}
         self.grams: dict[str, torch.Tensor] = {}
+        self.calibrated = False  # grams may stay empty after calibration: a model may have no re-fittable consumer
         modules = dict(model.named_modules())
         self.blocks = {g.name: _input_columns(modules[g.consumer], g) for g in self.groups if g.consumer is not None}
 
@@ -84,6 +85,7 @@ class ChannelPruner:
         """Collect the reconstruction statistics of every refittable consumer on calibration batches
         (normalized float inputs from the TRAIN split)."""
         self.grams = collect_grams(self.model, self.consumers, batches, positions=positions, seed=seed)
+        self.calibrated = True
         if self.selection == "ls":
             modules = dict(self.model.named_modules())
             for group in self.groups:
@@ -95,7 +97,7 @@ class ChannelPruner:
     def kept_indices(self, counts: np.ndarray | Sequence[int]) -> dict[str, torch.Tensor]:
         """The `counts[i]` highest-ranked channels of group i (counts: ints, shape [G], in `names` order),
         as sorted root-index tensors keyed by group name: the `kept_idx` argument of `prune`."""
-        if self.selection == "ls" and not self.grams:
+        if self.selection == "ls" and not self.calibrated:
             raise RuntimeError("least-squares channel selection needs calibrate() first")
         counts = np.asarray(counts)
         if counts.shape != self.channels.shape:
@@ -120,7 +122,7 @@ class ChannelPruner:
         With `reconstruct`, each group's consumer is re-fitted by least squares first (needs
         `calibrate`); groups absent from `keep` stay whole.
         """
-        if reconstruct and not self.grams:
+        if reconstruct and not self.calibrated:
             raise RuntimeError("call calibrate() before pruning with reconstruction")
         pruned = copy.deepcopy(self.model)
         if reconstruct:
