@@ -21,6 +21,7 @@ from amc.engine.groups import mask_copy, prune_copy
 from amc.engine.measure import cpu_latency, inference_copy
 from amc.engine.pruner import ChannelPruner
 from amc.engine.reconstruct import _patch_rows, greedy_order, recalibrate_batchnorm, refit
+from amc.errors import AmcError
 from amc.models import create_model
 from amc.models.trained import load_trained_model
 from amc.models.zoo import digits_checkpoint
@@ -371,3 +372,73 @@ def test_no_group_with_a_wrong_index_map_survives(kind):
             with torch.no_grad():
                 torch.testing.assert_close(prune_copy(model, [group], keep)(example),
                                            mask_copy(model, [group], keep)(example), rtol=1e-4, atol=1e-4)
+
+
+class _Unusual(nn.Module):
+    """Layers and call patterns a cost model can miss: non-square and dilated kernels, a Linear applied per
+    token, and an attention-like product of token features."""
+
+    def __init__(self, attention: str = "none") -> None:
+        super().__init__()
+        self.attention = attention
+        self.wide = nn.Conv2d(3, 12, (1, 3), padding=(0, 1))
+        self.tall = nn.Conv2d(12, 16, (3, 1), padding=(1, 0), dilation=(1, 1))
+        self.dil = nn.Conv2d(16, 16, 3, padding=2, dilation=2)
+        self.shared = nn.Conv2d(16, 16, 1)
+        self.tok = nn.Linear(16, 24)
+        self.head = nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.tall(torch.relu(self.wide(x))))
+        x = torch.relu(self.dil(x))
+        x = torch.relu(self.shared(x))
+        t = torch.relu(self.tok(x.flatten(2).transpose(1, 2)))  # [B, tokens, 24]
+        if self.attention == "features":  # token mixing over the 24 prunable features: its cost changes
+            t = torch.softmax(t @ t.transpose(1, 2) / 5, -1) @ t
+        h = self.head(t)  # [B, tokens, 5]: the output layer, never pruned
+        if self.attention == "logits":  # token mixing whose cost no pruning changes
+            h = torch.softmax(h @ h.transpose(1, 2), -1) @ h
+        return h.mean(1)
+
+
+def test_cost_model_counts_every_multiply_accumulate_of_unusual_layers():
+    torch.manual_seed(0)
+    model = _Unusual().eval()
+    pruner = ChannelPruner(model, (3, 8, 8), selection="l1")
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        counts = np.array([rng.integers(g.min_keep, g.channels + 1) for g in pruner.groups])
+        pruned = pruner.prune(pruner.kept_indices(counts), reconstruct=False)
+        assert (int(pruner.cost.macs(counts)), int(pruner.cost.params(counts))) == count_macs_params(pruned, (3, 8, 8))
+
+
+def test_cost_of_operations_outside_layers_is_a_constant_when_no_pruning_changes_it():
+    model = _Unusual("logits").eval()
+    pruner = ChannelPruner(model, (3, 8, 8), selection="l1")
+    tokens = 8 * 8
+    assert pruner.cost.other_macs == 2 * tokens * tokens * 5  # the two token products over 5 logits
+    counts = np.array([g.min_keep for g in pruner.groups])
+    pruned = pruner.prune(pruner.kept_indices(counts), reconstruct=False)
+    assert int(pruner.cost.macs(counts)) == count_macs_params(pruned, (3, 8, 8))[0]
+
+
+def test_products_whose_cost_pruning_changes_are_refused():
+    """Attention over prunable features: the analytic model (conv/Linear only) would miss MACs that shrink
+    with pruning, so the model is refused rather than searched with a wrong cost model."""
+    with pytest.raises(AmcError, match="cost model"):
+        ChannelPruner(_Unusual("features").eval(), (3, 8, 8), selection="l1")
+
+
+def test_a_cost_model_that_would_break_budgets_is_refused(monkeypatch):
+    """Whatever makes the analytic count differ from torch's count of a pruned model, the model is refused."""
+    import amc.engine.pruner as pruner_module
+
+    counted = pruner_module.count_macs_params
+
+    def miscounted(model: nn.Module, shape: tuple[int, ...]) -> tuple[int, int]:
+        macs, params = counted(model, shape)
+        return macs + params, params  # MACs the analytic model does not know of, growing with the model's width
+
+    monkeypatch.setattr(pruner_module, "count_macs_params", miscounted)
+    with pytest.raises(AmcError, match="cost model"):
+        ChannelPruner(create_model("digits_cnn").eval(), (1, 8, 8), selection="l1")

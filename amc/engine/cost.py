@@ -13,38 +13,34 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from amc.engine.groups import ChannelGroup, LayerInfo
-from amc.engine.hooks import forward_hooks
 
 
 def count_macs_params(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, int]:
-    """Multiply-accumulates of all Conv2d and Linear layers for one input of shape (C, H, W), and the
-    number of parameters (every element of `model.parameters()`)."""
-    macs = 0
-
-    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        nonlocal macs
-        per_output = module.weight[0].numel()  # (in / groups) * kH * kW for a conv, in for a Linear
-        macs += output[0].numel() * per_output
-
+    """Multiply-accumulates of one input of shape (C, H, W), counted by torch's operator-level counter
+    (`torch.utils.flop_counter.FlopCounterMode`: every convolution and matrix product as it runs, every time
+    it runs, whatever module or function issues it; MACs = FLOPs / 2), and the number of parameters (every
+    element of `model.parameters()`). The oracle the analytic `CostModel` is checked against."""
     was_training = model.training
     model.eval()
+    device = next(iter(model.parameters()), torch.zeros(0)).device  # count where the model lives
     try:
-        with forward_hooks({m: hook for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}), torch.no_grad():
-            device = next(iter(model.parameters()), torch.zeros(0)).device  # count where the model lives
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
             model(torch.zeros(1, *input_shape, device=device))
     finally:
         model.train(was_training)
-    return macs, sum(p.numel() for p in model.parameters())
+    return counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters())
 
 
 class CostModel:
     """Exact MACs and parameters as a function of the channels kept per group.
 
     For each conv/Linear layer l: MACs_l = in_l * out_l * unit_l, where in_l is its input channels per
-    conv group (1 for a depthwise conv), out_l its output channels and unit_l = kH * kW * H_out * W_out
-    (1 for Linear). in_l and out_l are affine in the kept counts: every group channel removed takes
+    conv group (1 for a depthwise conv), out_l its output channels and unit_l = kH * kW * (outputs per
+    image and channel, over all its calls): H_out * W_out for a conv, the number of tokens for a Linear
+    applied per token. in_l and out_l are affine in the kept counts: every group channel removed takes
     `per_channel` features from a coupled dimension. BatchNorm adds 2 parameters per channel.
     Everything that no group touches is a constant.
     """
@@ -67,8 +63,8 @@ class CostModel:
             info, module = layers[name], modules[name]
             self._in0[i] = info.in_channels // info.groups
             self._out0[i] = info.out_channels
-            self._kk[i] = info.kernel * info.kernel
-            self._unit[i] = self._kk[i] * info.out_hw[0] * info.out_hw[1]
+            self._kk[i] = info.kernel_area
+            self._unit[i] = info.kernel_area * info.positions
             self._bias[i] = int(module.bias is not None)
         norms = sorted({it.module for g in groups for it in g.items if it.kind == "norm"})
         norm_index = {n: i for i, n in enumerate(norms)}
@@ -83,6 +79,7 @@ class CostModel:
                     self._out_cut[index[item.module], j] += item.per_channel
                 else:
                     self._in_cut[index[item.module], j] += item.per_channel
+        self.other_macs = 0  # MACs outside conv/Linear layers (e.g. attention products): see ChannelPruner
         modelled = set(names) | set(norms)
         self._fixed_params = sum(
             p.numel() for n, m in modules.items() if n not in modelled for p in m.parameters(recurse=False)
@@ -100,7 +97,7 @@ class CostModel:
     def macs(self, keep: np.ndarray | Sequence[int]) -> np.ndarray:
         """MACs for kept channel counts `keep` of shape [..., G] (G groups); returns shape [...]."""
         ins, outs, _ = self.widths(np.asarray(keep))
-        return (ins * outs * self._unit).sum(-1)
+        return (ins * outs * self._unit).sum(-1) + self.other_macs
 
     def params(self, keep: np.ndarray | Sequence[int]) -> np.ndarray:
         """Parameter count for kept channel counts `keep` of shape [..., G]; returns shape [...]."""

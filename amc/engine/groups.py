@@ -67,8 +67,10 @@ class GroupItem:
 class LayerInfo:
     """Static description of a conv or Linear layer, measured on one forward pass.
 
-    Shapes are per image: `in_hw` and `out_hw` are (H, W) of the input and output feature maps
-    ((1, 1) for Linear). `order` is the position in execution order.
+    Shapes are per image: `in_hw` and `out_hw` are (H, W) of the input and output feature maps of its first
+    call ((1, 1) for Linear). `order` is the position in execution order. `kernel_area` is kH * kW (1 for
+    Linear); `positions` counts the outputs per image and channel over every call of the layer: H_out * W_out
+    for a conv called once, the number of tokens for a Linear applied per token, summed over repeated calls.
     """
 
     name: str
@@ -80,6 +82,8 @@ class LayerInfo:
     groups: int
     in_hw: tuple[int, int]
     out_hw: tuple[int, int]
+    kernel_area: int = 1
+    positions: int = 1
 
 
 @dataclass
@@ -110,17 +114,21 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> dict[str, LayerInfo
 
     def hook(name: str) -> Callable:
         def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            if name in infos:
-                return
             x = inputs[0]
+            # outputs per image and output channel of this call: every one of them costs a full dot product
+            positions = output.numel() // (len(example) * output.shape[1 if isinstance(module, nn.Conv2d) else -1])
+            if name in infos:  # a module called again (shared weights, a loop): its MACs count every time
+                infos[name].positions += positions
+                return
             if isinstance(module, nn.Conv2d):
                 infos[name] = LayerInfo(
                     name, len(infos), module.in_channels, module.out_channels, module.kernel_size[0],
                     module.stride[0], module.groups, tuple(x.shape[-2:]), tuple(output.shape[-2:]),
+                    module.kernel_size[0] * module.kernel_size[1], positions,
                 )
             else:
                 infos[name] = LayerInfo(
-                    name, len(infos), module.in_features, module.out_features, 1, 1, 1, (1, 1), (1, 1)
+                    name, len(infos), module.in_features, module.out_features, 1, 1, 1, (1, 1), (1, 1), 1, positions
                 )
         return record
 

@@ -18,10 +18,11 @@ import torch
 import torch.nn as nn
 
 from amc.engine import SELECTIONS, Selection
-from amc.engine.cost import CostModel
-from amc.engine.groups import ChannelGroup, find_groups, prune_
+from amc.engine.cost import CostModel, count_macs_params
+from amc.engine.groups import ChannelGroup, find_groups, prune_, prune_copy
 from amc.engine.ranking import least_squares_ranking, norm_ranking
 from amc.engine.reconstruct import collect_grams, refit
+from amc.errors import AmcError
 
 
 def _input_columns(layer: nn.Module, group: ChannelGroup) -> list[torch.Tensor]:
@@ -57,6 +58,7 @@ class ChannelPruner:
         example = torch.randn(4, *self.input_shape, generator=torch.Generator().manual_seed(0))
         self.groups, self.layers = find_groups(model, example, ignored=ignored)
         self.cost = CostModel(model, self.groups, self.layers)
+        self._check_cost_model()
         self.selection = selection
         # `ls` needs calibration statistics: until `calibrate` (and for groups it cannot rank) it is l1.
         norm = "l1" if selection == "ls" else selection
@@ -65,6 +67,34 @@ class ChannelPruner:
         self.calibrated = False  # grams may stay empty after calibration: a model may have no re-fittable consumer
         modules = dict(model.named_modules())
         self.blocks = {g.name: _input_columns(modules[g.consumer], g) for g in self.groups if g.consumer is not None}
+
+    def _check_cost_model(self) -> None:
+        """Hold the analytic cost model to torch's operator-level count (`count_macs_params`) of the dense model
+        and of a model physically pruned to a seeded random policy. MACs outside conv/Linear layers (attention
+        products, ...) become the model's constant `other_macs`; any other difference would let a policy break
+        the budget it claims to meet, so the model is refused.
+
+        Raises:
+            AmcError: the analytic MACs or parameters differ from the counted ones.
+        """
+        macs, params = count_macs_params(self.model, self.input_shape)
+        self.cost.other_macs = macs - int(self.cost.macs(self.channels))
+        problems = []
+        if self.cost.other_macs < 0 or int(self.cost.params(self.channels)) != params:
+            problems.append(f"dense model: {int(self.cost.macs(self.channels)):,} MACs / "
+                            f"{int(self.cost.params(self.channels)):,} params predicted, {macs:,} / {params:,} counted")
+        if self.groups and not problems:
+            rng = np.random.default_rng(0)
+            counts = np.array([rng.integers(g.min_keep, g.channels + 1) for g in self.groups])
+            pruned = prune_copy(self.model, self.groups, {g.name: torch.arange(int(c)) for g, c in zip(self.groups, counts)})
+            macs, params = count_macs_params(pruned, self.input_shape)
+            if macs != int(self.cost.macs(counts)) or params != int(self.cost.params(counts)):
+                problems.append(f"a pruned model: {int(self.cost.macs(counts)):,} MACs / {int(self.cost.params(counts)):,} "
+                                f"params predicted, {macs:,} / {params:,} counted")
+        if problems:
+            raise AmcError(f"amc's cost model of this model disagrees with torch's count of its operations "
+                           f"({problems[0]}), so it cannot keep a budget; it is refused rather than searched: "
+                           "report the model to amc's developers")
 
     @property
     def names(self) -> list[str]:
