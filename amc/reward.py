@@ -21,7 +21,7 @@ from amc.data.datasets import Dataset, load_dataset
 from amc.data.split import split_train_val
 from amc.data.transforms import normalize
 from amc.engine import Selection
-from amc.engine.measure import accuracy, to_channels_last
+from amc.engine.measure import accepts_channels_last, accuracy, to_channels_last
 from amc.engine.memory import release_free_memory
 from amc.engine.pruner import ChannelPruner
 from amc.engine.reconstruct import Target, collect_targets, recalibrate_batchnorm, refit_sequentially
@@ -50,7 +50,7 @@ class RewardEvaluator:
     positions per image (Linear consumers keep the Gram re-fit); `gram` re-fits each layer from the
     original network's input statistics only (`ChannelPruner.calibrate`); `none` only selects channels.
     The pruned model is physically smaller, so a 50% budget costs about half a dense pass; images and
-    model are kept channels-last, which runs CPU convolutions about 1.8x faster.
+    model are kept channels-last (which runs CPU convolutions about 1.8x faster) when the model accepts it.
     """
 
     def __init__(self, pruner: ChannelPruner, val_x: torch.Tensor, val_y: torch.Tensor, *,
@@ -59,8 +59,11 @@ class RewardEvaluator:
         if reconstruct == "sequential" and refit_x is None:
             raise ValueError("the sequential re-fit needs calibration images (refit_x)")
         self.pruner, self.val_y, self.reconstruct = pruner, val_y, reconstruct
-        self.val_x = to_channels_last(val_x)
-        self.refit_x = None if refit_x is None else to_channels_last(refit_x)
+        # channels-last runs CPU convolutions about 1.8x faster, for the models that accept it
+        self.channels_last = accepts_channels_last(pruner.model, pruner.input_shape)
+        layout = to_channels_last if self.channels_last else (lambda x: x)
+        self.val_x = layout(val_x)
+        self.refit_x = None if refit_x is None else layout(refit_x)
         self.targets: dict[str, Target] = {}
         if reconstruct == "sequential":
             self.targets = collect_targets(pruner.model, pruner.consumers, self.refit_x, positions=positions, seed=seed)
@@ -69,7 +72,7 @@ class RewardEvaluator:
         """The pruned model for kept counts `counts` [G] as evaluated (re-fitted, BatchNorm re-estimated)."""
         keep = self.pruner.kept_indices(counts)
         model = self.pruner.prune(keep, reconstruct=self.reconstruct != "none")
-        if self.val_x.dim() == 4:
+        if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.targets:
             refit_sequentially(model, self.targets, self.refit_x, self.pruner.kept_outputs(keep))

@@ -20,7 +20,7 @@ from amc.engine.cost import count_macs_params
 from amc.engine.groups import mask_copy, prune_copy
 from amc.engine.measure import cpu_latency, inference_copy
 from amc.engine.pruner import ChannelPruner
-from amc.engine.reconstruct import _patch_rows, greedy_order, recalibrate_batchnorm, refit
+from amc.engine.reconstruct import _patch_rows, _rows, greedy_order, recalibrate_batchnorm, refit
 from amc.errors import AmcError
 from amc.models import create_model
 from amc.models.trained import load_trained_model
@@ -247,6 +247,54 @@ def test_patch_rows_are_unfold_columns(kernel, stride, padding, dilation) -> Non
     positions = torch.randint(cols.shape[2], (3, 4), generator=torch.Generator().manual_seed(0))
     want = torch.gather(cols, 2, positions[:, None, :].expand(-1, cols.shape[1], -1)).transpose(1, 2)
     assert torch.equal(_patch_rows(conv, x, positions), want.reshape(-1, cols.shape[1]))
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(5, 7, 3, padding="same"), nn.Conv2d(5, 7, 4, padding="same"), nn.Conv2d(5, 7, (2, 5), padding="same",
+    dilation=(2, 1)), nn.Conv2d(5, 7, 3, padding=1, padding_mode="reflect"), nn.Conv2d(5, 7, 3, padding=2,
+    padding_mode="replicate"), nn.Conv2d(5, 7, 3, stride=2, padding=1, padding_mode="circular"),
+], ids=["same3", "same4-asymmetric", "same-dilated", "reflect", "replicate", "circular"])
+def test_rows_read_the_patches_the_conv_reads(conv) -> None:
+    """Both re-fits read each conv's own padding (`padding="same"`, reflect, replicate, circular), so a
+    least-squares fit on the rows reproduces the conv's outputs exactly."""
+    x = torch.randn(3, 5, 9, 10)
+    with torch.no_grad():
+        out = conv(x)  # [B, O, H', W']
+        length = out.shape[2] * out.shape[3]
+        positions = torch.arange(length).expand(3, length)
+        rows = _patch_rows(conv, x, positions)  # the sequential re-fit's rows
+        torch.testing.assert_close(rows @ conv.weight.reshape(7, -1).T + conv.bias,
+                                   out.flatten(2).transpose(1, 2).reshape(-1, 7), rtol=1e-5, atol=1e-5)
+        gram_rows = _rows(conv, x, length, torch.Generator())  # the Gram re-fit's rows (all positions)
+        torch.testing.assert_close(gram_rows @ conv.weight.reshape(7, -1).T + conv.bias,
+                                   out.flatten(2).transpose(1, 2).reshape(-1, 7), rtol=1e-5, atol=1e-5)
+
+
+class _ViewFlatten(nn.Module):
+    """The flatten idiom that fails on channels-last tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(torch.relu(self.conv(x)), 4)
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_models_that_refuse_channels_last_are_evaluated_contiguous():
+    from amc.engine.measure import accepts_channels_last
+
+    model = _ViewFlatten().eval()
+    assert not accepts_channels_last(model, (3, 8, 8))
+    assert accepts_channels_last(create_model("digits_cnn").eval(), (1, 8, 8))
+    pruner = ChannelPruner(model, (3, 8, 8), selection="l1")
+    x = torch.randn(16, 3, 8, 8)
+    evaluator = RewardEvaluator(pruner, x, torch.zeros(16, dtype=torch.long), refit_x=x, reconstruct="gram")
+    assert not evaluator.channels_last
+    pruner.calibrate([x])
+    assert 0 <= evaluator(np.maximum(1, pruner.channels // 2)).accuracy <= 1
 
 
 def test_least_squares_selection_beats_l1_selection(train_digits_cnn) -> None:

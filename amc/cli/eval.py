@@ -48,9 +48,10 @@ def run(args: argparse.Namespace) -> int:
         images, labels = data.train.images[val_idx], data.train.labels[val_idx]
     acc, _ = accuracy(trained.module, normalize(images, trained.mean, trained.std), labels)
     macs, params = count_macs_params(trained.module, trained.input_shape)
-    latency = cpu_latency(trained.module, trained.input_shape, channels_last=args.channels_last)
+    channels_last = _layout(args.channels_last, [trained.module], trained.input_shape)
+    latency = cpu_latency(trained.module, trained.input_shape, channels_last=channels_last)
     threads = torch.get_num_threads()
-    layout = "channels-last" if args.channels_last else "contiguous"
+    layout = "channels-last" if channels_last else "contiguous"
     if args.json:
         common.print_json({"model": args.model, "split": args.split, "accuracy": acc, "images": len(labels),
                            "macs": macs, "params": params, "latency_ms": latency, "threads": threads, "layout": layout})
@@ -79,7 +80,6 @@ def _compare(specs: list[str], checkpoint: str | None, dataset: str, data_dir: s
 
     data = load_dataset(dataset, data_dir)
     threads = torch.get_num_threads()
-    layout = "channels-last" if channels_last else "contiguous"
     models, rows = [], []
     for spec, weights in zip(specs, (checkpoint, None)):
         trained = common.trained_model(spec, weights, data)
@@ -87,6 +87,8 @@ def _compare(specs: list[str], checkpoint: str | None, dataset: str, data_dir: s
         macs, params = count_macs_params(trained.module, trained.input_shape)
         models.append(trained.module)
         rows.append({"model": spec, "test_accuracy": acc, "macs": macs, "params": params})
+    channels_last = _layout(channels_last, models, trained.input_shape)
+    layout = "channels-last" if channels_last else "contiguous"
     for b in (1, 64):  # both models in each round of timing, so the machine's load hits them alike
         for row, ms in zip(rows, cpu_latencies(models, trained.input_shape, b, channels_last=channels_last)):
             row[f"latency_ms_batch{b}"] = ms
@@ -103,3 +105,16 @@ def _compare(specs: list[str], checkpoint: str | None, dataset: str, data_dir: s
     print(f"speed-up: {speedup[1]:.2f}x at batch 1, {speedup[64]:.2f}x at batch 64 "
           f"(median CPU latency, {threads} threads, {layout} layout); MACs {dense['macs'] / pruned['macs']:.2f}x fewer")
     return 0
+
+
+def _layout(channels_last: bool, models: list, input_shape: tuple[int, ...]) -> bool:
+    """--channels-last where every model runs in that layout; otherwise contiguous, with a warning."""
+    import warnings
+
+    from amc.engine.measure import accepts_channels_last
+
+    if channels_last and not all(accepts_channels_last(m, input_shape) for m in models):
+        warnings.warn("the model does not run in channels-last layout (e.g. it flattens with x.view(...)); "
+                      "timing it contiguous")
+        return False
+    return channels_last

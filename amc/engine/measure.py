@@ -14,11 +14,30 @@ import torch.nn.functional as F
 import torch.utils.benchmark as benchmark
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from amc.errors import AmcError
+
 
 def to_channels_last(images: torch.Tensor) -> torch.Tensor:
     """A [N, C, H, W] batch in channels-last memory layout (same values), the faster one for CPU convolutions;
     tensors of other ranks come back unchanged."""
     return images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
+
+
+@torch.no_grad()
+def accepts_channels_last(model: nn.Module, input_shape: Sequence[int]) -> bool:
+    """True when `model` computes the same outputs from channels-last inputs and weights as from contiguous
+    ones. Models that flatten with `x.view(x.size(0), -1)` (or read strides) fail on channels-last tensors;
+    they run contiguous. Non-image inputs are never channels-last. The caller's model is not changed."""
+    if len(input_shape) != 3:
+        return False
+    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    probe = copy.deepcopy(model).cpu().eval()
+    want = probe(x)
+    try:
+        got = probe.to(memory_format=torch.channels_last)(to_channels_last(x))
+    except Exception:  # e.g. "view size is not compatible with input tensor's size and stride"
+        return False
+    return isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 @torch.no_grad()
@@ -98,6 +117,9 @@ def cpu_latencies(models: Sequence[nn.Module], input_shape: Sequence[int], batch
     """
     x = torch.randn(batch_size, *input_shape)
     if channels_last:
+        if not all(accepts_channels_last(m, input_shape) for m in models):
+            raise AmcError("the model does not run in channels-last layout (e.g. it flattens with x.view(...)); "
+                           "time it without --channels-last")
         x = to_channels_last(x)
     num_threads = threads or torch.get_num_threads()
     timers = [benchmark.Timer("model(x)", globals={"model": inference_copy(m, channels_last=channels_last), "x": x},

@@ -11,6 +11,7 @@ removal the re-fit compensates best, from the calibration statistics) or by a we
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -133,6 +134,13 @@ class ChannelPruner:
         if counts.shape != self.channels.shape:
             raise ValueError(f"counts has shape {counts.shape}; the model has {len(self.names)} groups")
         return {name: self.ranking[name][: int(n)].sort().values for name, n in zip(self.names, counts.tolist())}
+
+    def keep_indices(self, counts: Mapping[str, int]) -> dict[str, torch.Tensor]:
+        """Deprecated name of the first layout (counts by group name): use `kept_indices`."""
+        warnings.warn("ChannelPruner.keep_indices is deprecated; use kept_indices(counts in group order)",
+                      DeprecationWarning, stacklevel=2)
+        full = [int(counts.get(name, channels)) for name, channels in zip(self.names, self.channels.tolist())]
+        return {name: idx for name, idx in self.kept_indices(full).items() if name in counts}
 
     def kept_outputs(self, keep: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Original indices of the output channels each layer keeps under `keep` (sorted), for the layers

@@ -27,11 +27,31 @@ import torch.nn.functional as F
 from amc.engine.hooks import forward_hooks
 
 
+def padded_input(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """`x` padded exactly as `conv` pads it before convolving: its padding (numbers, or "same", which may be
+    one pixel more on the right and bottom) and its padding mode (zeros, reflect, replicate, circular), so that
+    an unfold with no padding reads the patches the conv reads."""
+    if conv.padding == "same":
+        pads = []
+        for k, d in zip(reversed(conv.kernel_size), reversed(conv.dilation)):  # F.pad takes the last dim first
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+    elif conv.padding == "valid":
+        pads = [0, 0, 0, 0]
+    else:
+        ph, pw = conv.padding
+        pads = [pw, pw, ph, ph]
+    if not any(pads):
+        return x
+    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+    return F.pad(x, pads, mode=mode)
+
+
 def _rows(module: nn.Module, x: torch.Tensor, positions: int, generator: torch.Generator) -> torch.Tensor:
     """Sampled input rows of a consumer: [B * positions, C*k*k] for a conv, [B, in] for a Linear."""
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1])
-    cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)  # [B, D, L]
+    cols = F.unfold(padded_input(module, x), module.kernel_size, module.dilation, 0, module.stride)  # [B, D, L]
     batch, dim, length = cols.shape
     if positions < length:
         pick = torch.randint(length, (batch, positions), generator=generator)
@@ -145,12 +165,12 @@ class Target:
 
 def _patch_rows(conv: nn.Conv2d, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Input rows of `conv` at the output `positions` [B, P]: [B * P, C*k*k], ordered as `F.unfold`'s."""
-    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
-    batch, channels, _, width = x.shape
-    out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+    padded = padded_input(conv, x)
+    batch, channels, _, width = padded.shape
+    out_w = (width - dw * (kw - 1) - 1) // sw + 1
     rows = (positions // out_w)[..., None] * sh + torch.arange(kh) * dh  # [B, P, kh]
     cols = (positions % out_w)[..., None] * sw + torch.arange(kw) * dw  # [B, P, kw]
-    padded = F.pad(x, (pw, pw, ph, ph))
     image = torch.arange(batch)[:, None, None, None]
     patches = padded[image, :, rows[..., :, None], cols[..., None, :]]  # [B, P, kh, kw, C]
     return patches.permute(0, 1, 4, 2, 3).reshape(-1, channels * kh * kw)

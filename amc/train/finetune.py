@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from amc.data.datasets import ImageSet, batches
 from amc.engine.device import resolve_device
-from amc.engine.measure import accuracy, to_channels_last
+from amc.engine.measure import accepts_channels_last, accuracy
 from amc.errors import AmcError
 from amc.export import save_state_dict
 from amc.fileio import atomic_torch_save, check_writable
@@ -171,8 +171,10 @@ def _train(
     warmup_steps = min(config.warmup_epochs * steps_per_epoch, total_steps // 2)
     main = rank == 0
 
-    # Image batches and conv kernels (4-D weights) in channels-last layout: ~1.4x faster CPU training.
-    model.to(device, memory_format=torch.channels_last)
+    # Image batches and conv kernels (4-D weights) in channels-last layout: ~1.4x faster CPU training, for
+    # the models that accept it.
+    layout = torch.channels_last if accepts_channels_last(model, train.images.shape[1:]) else torch.contiguous_format
+    model.to(device, memory_format=layout)
     state = _load_last(last_checkpoint_path(out), config, model) if resume and out is not None else None
     net, module = _wrap(model, device, world_size)
     optimizer = torch.optim.SGD(
@@ -185,7 +187,7 @@ def _train(
         history, best_epoch = list(state["history"]), state["best_epoch"]
         best_acc = state.get("best_val_accuracy", state.get("best_val_acc"))  # the key's earlier name
     if teacher is not None and config.distill_alpha > 0:
-        teacher.to(device, memory_format=torch.channels_last).eval()
+        teacher.to(device, memory_format=layout).eval()
     else:
         teacher = None
 
@@ -211,7 +213,7 @@ def _train(
                 train, rank_batch, mean, std, shuffle=True, augment=augment, generator=generator,
                 rank=rank, world_size=world_size,
             ):  # fmt: skip
-                images = to_channels_last(images)
+                images = images.contiguous(memory_format=layout)
                 lr = config.lr * _lr_factor(step, warmup_steps, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -232,7 +234,7 @@ def _train(
                     dist.broadcast(buffer, src=0)
             if module is not model:
                 model.load_state_dict(module.state_dict())
-            val_acc, val_loss = _evaluate(module, val, mean, std, device, world_size)
+            val_acc, val_loss = _evaluate(module, val, mean, std, device, world_size, layout)
             history.append({
                 "epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr,
                 "seconds": time.perf_counter() - start,
@@ -408,12 +410,13 @@ def _loss(
 
 
 def _evaluate(
-    module: nn.Module, val: ImageSet, mean: Sequence[float], std: Sequence[float], device: torch.device, world_size: int
+    module: nn.Module, val: ImageSet, mean: Sequence[float], std: Sequence[float], device: torch.device, world_size: int,
+    layout: torch.memory_format = torch.contiguous_format,
 ) -> tuple[float, float]:
     """(top-1 accuracy, mean cross-entropy) over the validation shards of all ranks together."""
     correct, loss_sum = 0, 0.0
     for images, labels in batches(val, _EVAL_BATCH, mean, std):
-        acc, loss = accuracy(module, to_channels_last(images), labels, batch_size=len(labels))
+        acc, loss = accuracy(module, images.contiguous(memory_format=layout), labels, batch_size=len(labels))
         correct += round(acc * len(labels))
         loss_sum += loss * len(labels)
     correct_total, loss_total, seen = _sum_over_ranks([correct, loss_sum, len(val)], device, world_size)
