@@ -26,11 +26,12 @@ from amc.engine.measure import inference_copy
 from amc.errors import AmcError
 from amc.fileio import atomic_path, atomic_torch_save
 
-EXPORT_FORMATS = ("program", "onnx")
-"""The `kind`s `export` writes: "program" (`OUT.pt2`, a `torch.export` ExportedProgram) and "onnx" (`OUT.onnx`)."""
+EXPORT_FORMATS = ("program", "onnx", "torchscript")
+"""The `kind`s `export` writes: "program" (`OUT.pt2`, a `torch.export` ExportedProgram), "onnx" (`OUT.onnx`) and,
+for deployments that still need it, "torchscript" (`OUT.torchscript.pt`; torch 2.13 deprecates TorchScript)."""
 
 ONNX_OPSET = 18  # the opset torch's ONNX exporter implements its operators in: no version conversion
-_SUFFIXES = {"program": ".pt2", "onnx": ".onnx"}
+_SUFFIXES = {"program": ".pt2", "onnx": ".onnx", "torchscript": ".torchscript.pt"}
 _EXAMPLE_BATCH = 2  # torch.export specializes sizes 0 and 1, so the example batch must not be one of those
 # torch's own deprecated `LeafSpec` warns when torch deep-copies a pytree spec (ExportedProgram
 # decompositions, used by the ONNX exporter): an internal warning no caller can act on.
@@ -67,9 +68,36 @@ def export(model: nn.Module, input_shape: Sequence[int], out_path: str | Path, k
         raise AmcError(f"the {kind} export would overwrite {out_path}; give that file another suffix, e.g. .pt")
     if kind == "program":
         export_program(model, input_shape, path)
-    else:
+    elif kind == "onnx":
         export_onnx(model, input_shape, path)
+    else:
+        export_torchscript(model, input_shape, path)
     return path
+
+
+def export_torchscript(model: nn.Module, input_shape: Sequence[int], path: str | Path) -> None:
+    """Trace the deploy copy (`inference_copy`) with `torch.jit.trace` and save it atomically; it loads with
+    `torch.jit.load(path)` and no amc. torch 2.13 deprecates TorchScript: amc says so once, in its own one-line
+    warning, and keeps torch's deprecation warnings of the calls it makes out of the output.
+
+    Raises:
+        AmcError: the model does not trace.
+    """
+    warnings.warn("TorchScript is deprecated by torch; --export program writes the torch.export format that "
+                  "replaces it")
+    deploy = inference_copy(model)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit.*")
+            traced = torch.jit.trace(deploy, torch.randn(_EXAMPLE_BATCH, *input_shape))
+            with atomic_path(path) as tmp:
+                torch.jit.save(traced, str(tmp))
+    except AmcError:
+        raise
+    except Exception as exc:
+        raise AmcError(f"TorchScript tracing of {type(model).__name__} failed ({type(exc).__name__}); "
+                       "use --export program or --export onnx") from None
 
 
 def export_program(model: nn.Module, input_shape: Sequence[int], path: str | Path) -> None:

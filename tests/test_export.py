@@ -75,7 +75,7 @@ def no_torch_deprecations(caught: list[warnings.WarningMessage]) -> None:
 
 
 def test_export_formats_and_paths(digits, tmp_path: Path) -> None:
-    assert EXPORT_FORMATS == ("program", "onnx")
+    assert EXPORT_FORMATS == ("program", "onnx", "torchscript")
     before = copy.deepcopy(digits.state_dict())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -86,8 +86,8 @@ def test_export_formats_and_paths(digits, tmp_path: Path) -> None:
     assert digits.training  # the caller's model keeps its mode and weights
     assert all(torch.equal(before[k], v) for k, v in digits.state_dict().items())
 
-    with pytest.raises(AmcError, match="unknown export format 'torchscript'; choose one of program, onnx"):
-        export(digits, DIGITS_SHAPE, tmp_path / "model.pt", "torchscript")
+    with pytest.raises(AmcError, match="unknown export format 'tflite'; choose one of program, onnx, torchscript"):
+        export(digits, DIGITS_SHAPE, tmp_path / "model.pt", "tflite")
     with pytest.raises(AmcError, match="would overwrite"):
         export(digits, DIGITS_SHAPE, tmp_path / "model.pt2", "program")
 
@@ -158,7 +158,7 @@ def test_export_onnx_writes_to_the_given_path(digits, tmp_path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == ["digits.onnx"]
 
 
-@pytest.mark.parametrize("kind", EXPORT_FORMATS)
+@pytest.mark.parametrize("kind", ["program", "onnx"])  # tracing (torchscript) records one branch: torch's own limit
 @pytest.mark.parametrize(("model", "problem"), [(DataDependent(), "data-dependent control flow"),
                                                  (FixedBatch(), "fixes the batch size")],
                          ids=["data_dependent", "fixed_batch"])
@@ -196,3 +196,24 @@ def test_onnx_export_without_its_packages_is_a_one_line_error(digits, tmp_path: 
         export_onnx(digits, DIGITS_SHAPE, path)
     assert "\n" not in str(info.value)
     assert path.read_bytes() == b"old export"
+
+
+def test_torchscript_is_kept_for_deployments_that_need_it(tmp_path):
+    """The legacy format still works, with amc's one-line deprecation notice and no torch warnings."""
+    import warnings
+
+    from amc.export import export
+    from amc.models import create_model
+
+    model = create_model("digits_cnn").eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = export(model, (1, 8, 8), tmp_path / "m.pt", "torchscript")
+    assert path.name == "m.torchscript.pt"
+    assert [str(w.message) for w in caught if w.category is not UserWarning] == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # loading TorchScript warns too: torch's, not amc's
+        loaded = torch.jit.load(str(path))
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=1e-4, atol=1e-4)

@@ -12,7 +12,7 @@ from amc.train.config import FinetuneConfig
 
 # `--export` formats; `amc.export.EXPORT_FORMATS` is the source (a test checks they agree), kept here so that
 # `--help` does not import torch.
-EXPORT_FORMATS = ("program", "onnx")
+EXPORT_FORMATS = ("program", "onnx", "torchscript")
 
 
 def finetune_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
@@ -36,8 +36,8 @@ def finetune_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
                         help="cpu, cuda or cuda:N (default %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted fine-tuning of --out")
     parser.add_argument("--export", choices=EXPORT_FORMATS, action="append", default=[],
-                        help="also write OUT.pt2 (a torch.export program, loads with plain torch) or OUT.onnx; "
-                             "repeatable")
+                        help="also write OUT.pt2 (a torch.export program, loads with plain torch), OUT.onnx, or "
+                             "OUT.torchscript.pt (deprecated by torch); repeatable")
 
 
 def finetune_config(args: argparse.Namespace) -> FinetuneConfig:

@@ -26,6 +26,7 @@ from amc.engine.groups import find_groups, prune_
 from amc.errors import AmcError
 from amc.fileio import atomic_torch_save
 from amc.models import create_model
+from amc.models.registry import portable_spec
 
 PRUNED_FORMAT = "amc-pruned/1"
 _INFO_KEYS = ("base", "num_classes", "input_shape", "mean", "std", "kept", "policy", "macs", "params")
@@ -103,7 +104,7 @@ def save_pruned(
     """
     macs, params = count_macs_params(model, input_shape)
     info = {
-        "base": base,
+        "base": portable_spec(base),  # loads from any working folder
         "num_classes": None if num_classes is None else int(num_classes),
         "input_shape": [int(d) for d in input_shape],
         "mean": [float(v) for v in mean],

@@ -122,3 +122,12 @@ def _load_file(location: str, spec: str) -> ModuleType:
         del sys.modules[name]
         raise AmcError(f"model spec {spec}: running {location} failed: {one_line(exc)}; fix the file") from exc
     return module
+
+
+def portable_spec(spec: str) -> str:
+    """`spec` as a file that travels records it: a `path/to/file.py:factory` whose file exists becomes an
+    absolute path (a relative one would only resolve from the folder it was typed in); other specs unchanged."""
+    location, sep, factory = spec.rpartition(":")
+    if sep and location.endswith(".py") and Path(location).expanduser().is_file():
+        return f"{Path(location).expanduser().resolve()}:{factory}"
+    return spec
