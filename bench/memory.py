@@ -62,26 +62,31 @@ def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) ->
         finally:
             done.set()
             thread.join()
-    per_episode: dict[int, float] = {}  # the peak RSS while episode e+1 ran (e logged)
+    peak: dict[int, float] = {}  # the highest RSS while episode e+1 ran (e logged): with its transients
+    floor: dict[int, float] = {}  # the lowest: what stays from episode to episode
     for _, episodes, rss in samples:
-        per_episode[episodes] = max(per_episode.get(episodes, 0.0), rss)
-    curve = [per_episode[e] for e in sorted(per_episode) if e < args.episodes]
+        peak[episodes] = max(peak.get(episodes, 0.0), rss)
+        floor[episodes] = min(floor.get(episodes, float("inf")), rss)
+    curve = [peak[e] for e in sorted(peak) if e < args.episodes]
+    floors = [floor[e] for e in sorted(floor) if e < args.episodes]
     marks = [e for e in (0, 1, 5, 10, 20, 30, 50, 100, 150, args.episodes - 1) if e < len(curve)]
     after_warm = curve[10:] if len(curve) > 10 else curve
     name = "memory_wide" + ("_notrim" if args.no_trim else "")
     summary = common.summary(name, args, model=WIDE, groups=61, channels=64, episodes=result.episodes,
                              trim=not args.no_trim, seconds=time.monotonic() - started,
-                             rss_mb_by_episode=curve, peak_rss_mb=max(curve),
+                             rss_mb_by_episode=curve, floor_rss_mb_by_episode=floors, peak_rss_mb=max(curve),
                              rss_mb_range_after_episode_10=[min(after_warm), max(after_warm)])
     lines = [
         f"# Resident memory of a {result.episodes}-episode search on a wide model (61 groups of 64 channels)"
         + (" without returning freed memory" if args.no_trim else ""),
         "",
-        common.header(summary) + " Synthetic data, untrained weights; RSS is the peak while the episode ran.",
+        common.header(summary) + " Synthetic data, untrained weights; RSS sampled every 0.2 s: the highest and "
+        "lowest value while the episode ran.",
         "",
         "| episodes done | " + " | ".join(str(e) for e in marks) + " |",
         "|---|" + "---|" * len(marks),
-        "| RSS (MB) | " + " | ".join(f"{curve[e]:.0f}" for e in marks) + " |",
+        "| peak RSS (MB) | " + " | ".join(f"{curve[e]:.0f}" for e in marks) + " |",
+        "| lowest RSS (MB) | " + " | ".join(f"{floors[e]:.0f}" for e in marks) + " |",
         "",
         f"After episode 10: {min(after_warm):.0f} to {max(after_warm):.0f} MB; peak {max(curve):.0f} MB; "
         f"{summary['seconds'] / 60:.1f} min in all.",
