@@ -280,3 +280,43 @@ def test_batches_single_process_covers_everything_in_order() -> None:
     assert [len(y) for _, y in out] == [10, 10, 3]
     assert torch.equal(torch.cat([y for _, y in out]), torch.arange(23))
     assert torch.equal(out[0][0], torch.ones(10, 1, 1, 1))
+
+
+def _save_folder(root: Path, images: dict[str, list]) -> None:
+    """train/ and test/ class folders holding the given PIL images (each class gets them all)."""
+    for split in ("train", "test"):
+        for cls, imgs in images.items():
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i, img in enumerate(imgs):
+                img.save(root / split / cls / f"{i}.png")
+
+
+def test_grayscale_folders_keep_one_channel_and_16_bit_gray_is_scaled(tmp_path: Path) -> None:
+    from PIL import Image
+
+    gray8 = Image.fromarray(np.full((6, 6), 100, dtype=np.uint8), mode="L")
+    gray16 = Image.fromarray(np.full((6, 6), 60000, dtype=np.uint16))
+    assert gray16.mode.startswith("I")
+    _save_folder(tmp_path / "gray", {"a": [gray8], "b": [gray16]})
+    ds = load_dataset("imagefolder", tmp_path / "gray", cache_dir=tmp_path / "cache")
+    assert ds.image_shape == (1, 6, 6) and len(ds.mean) == 1  # a 1-channel model takes it as it is
+    by_class = {c: ds.train.images[ds.train.labels == i].double().mean().item() for i, c in enumerate(ds.classes)}
+    assert by_class["a"] == 100 and by_class["b"] == 233  # 60000 / 257, where an RGB conversion gives 255
+
+    half16 = Image.fromarray(np.full((6, 6), 128 * 257, dtype=np.uint16))
+    rgb = Image.fromarray(np.full((6, 6, 3), (10, 20, 30), dtype=np.uint8), mode="RGB")
+    _save_folder(tmp_path / "mixed", {"a": [half16], "b": [rgb]})
+    ds = load_dataset("imagefolder", tmp_path / "mixed", cache_dir=tmp_path / "cache")
+    assert ds.image_shape == (3, 6, 6)  # colour folder: gray images repeat their channel
+    a = ds.train.images[ds.train.labels == ds.classes.index("a")]
+    assert a.unique().tolist() == [128]  # 16-bit mid-gray decodes to mid-gray, not white
+
+
+def test_float_images_are_refused(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for split in ("train", "test"):
+        (tmp_path / "f" / split / "a").mkdir(parents=True)
+        Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32), mode="F").save(tmp_path / "f" / split / "a" / "0.tif")
+    with pytest.raises(AmcError, match="float pixels"):
+        load_dataset("imagefolder", tmp_path / "f", cache_dir=tmp_path / "cache")

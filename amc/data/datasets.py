@@ -40,7 +40,7 @@ CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 # Bump when the decoded layout changes, so old cache files are re-decoded instead of misread.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: grayscale folders keep one channel, 16-bit gray is scaled
 # Below this many files a process pool costs more to start than it saves.
 _POOL_MIN_FILES = 2000
 _PROGRESS_MIN_FILES = 5000
@@ -330,45 +330,68 @@ def _walk_files(folder: Path, seen: set[tuple[int, int]] | None = None) -> list[
         raise AmcError(f"cannot read image folder {folder} ({exc.strerror or exc}); fix the folder or its links") from None
     return sorted(out, key=lambda e: e.path)
 
+_GRAY_MODES = ("1", "L", "LA")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
 def _decode_file(path: str) -> np.ndarray | str:
-    """One image file as uint8 [H, W, 3] RGB, or the reason Pillow could not read it."""
+    """One image file as uint8 [H, W, C] with its own channel count (1 for grayscale, 3 for colour), or the
+    reason it cannot be decoded faithfully.
+
+    Grayscale stays one channel; 16-bit grayscale is scaled to 8 bits (v / 257), where converting it to RGB
+    would clip every pixel above 255 to white; palette, CMYK and alpha images become RGB (alpha dropped);
+    32-bit float images are refused: their range is unknown.
+    """
     try:
         with Image.open(path) as img:
+            if img.mode in _SIXTEEN_BIT_MODES or img.mode == "I":
+                values = np.asarray(img).astype(np.int64)
+                if values.min() < 0 or values.max() > 65535:
+                    return f"its {img.mode} pixels lie outside 0..65535; save it as an 8- or 16-bit image"
+                if img.mode == "I" and values.max() <= 255:  # 8-bit values held in 32-bit integers
+                    return values.astype(np.uint8)[..., None]
+                return np.rint(values / 257.0).astype(np.uint8)[..., None]
+            if img.mode == "F":
+                return "it holds 32-bit float pixels of unknown range; save it as an 8- or 16-bit image"
+            if img.mode in _GRAY_MODES:
+                return np.asarray(img.convert("L"))[..., None]
             return np.asarray(img.convert("RGB"))
     except Exception as e:  # Pillow's plugins raise many types on bad files; all mean "unreadable"
         return f"{type(e).__name__}: {e}"
 
 
 def _decode_all(paths: list[str]) -> torch.Tensor:
-    """Decode every file, in order, into uint8 [N, 3, H, W]; all must share the first image's size."""
+    """Decode every file, in order, into uint8 [N, C, H, W]; all must share the first image's size. C is 1
+    when every image is grayscale, else 3 (grayscale images then repeat their channel)."""
     if len(paths) >= _POOL_MIN_FILES and (os.cpu_count() or 1) > 1:
         pool = multiprocessing.Pool(os.cpu_count())
         decoded: Iterator[np.ndarray | str] = pool.imap(_decode_file, paths, chunksize=256)
     else:
         pool = None
         decoded = map(_decode_file, paths)
+    arrays: list[np.ndarray] = []
     try:
-        out: np.ndarray | None = None
         progress = tqdm(
             decoded, total=len(paths), desc="decoding images", unit="img", file=sys.stderr,
             disable=len(paths) <= _PROGRESS_MIN_FILES, leave=False,
         )  # fmt: skip
         for i, arr in enumerate(progress):
             if isinstance(arr, str):
-                raise AmcError(f"cannot read image {paths[i]} ({arr}); delete or replace the file")
-            if out is None:
-                out = np.empty((len(paths), *arr.shape), dtype=np.uint8)
-            elif arr.shape != out.shape[1:]:
-                h, w, ih, iw = out.shape[1], out.shape[2], arr.shape[0], arr.shape[1]
+                raise AmcError(f"cannot read image {paths[i]} faithfully ({arr}); delete or replace the file")
+            if arrays and arr.shape[:2] != arrays[0].shape[:2]:
+                h, w, ih, iw = *arrays[0].shape[:2], *arr.shape[:2]
                 raise AmcError(
                     f"image {paths[i]} is {iw}x{ih} pixels but {paths[0]} is {w}x{h}; "
                     f"resize all images to {w}x{h} (width x height)"
                 )
-            out[i] = arr
+            arrays.append(arr)
     finally:
         if pool is not None:
             pool.terminate()
-    assert out is not None  # _list_images guarantees at least one file
+    channels = max(a.shape[2] for a in arrays)  # _list_images guarantees at least one file
+    out = np.empty((len(arrays), *arrays[0].shape[:2], channels), dtype=np.uint8)
+    for i, arr in enumerate(arrays):
+        out[i] = arr  # a grayscale image in a colour folder broadcasts to three equal channels
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
@@ -401,7 +424,11 @@ def _load_imagefolder(root: Path, cache_dir: Path) -> Dataset:
         _write_cache(cache_file, cached)
     train = ImageSet(cached["train_images"], cached["train_labels"])
     test = ImageSet(cached["test_images"], cached["test_labels"])
-    return Dataset("imagefolder", train, test, list(cached["classes"]), IMAGENET_MEAN, IMAGENET_STD)
+    if train.images.shape[1] == 3:  # colour photos: the usual ImageNet statistics
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:  # grayscale: the folder's own statistics, one value per channel
+        mean, std = _channel_stats(train.images)
+    return Dataset("imagefolder", train, test, list(cached["classes"]), mean, std)
 
 
 def _read_cache(cache_file: Path, key: str) -> dict | None:
