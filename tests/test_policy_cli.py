@@ -305,3 +305,13 @@ def test_cli_eval_resnet20_on_real_cifar(capsys: pytest.CaptureFixture[str]) -> 
     result = json.loads(out)
     assert result["accuracy"] == pytest.approx(0.8812, abs=1e-9)
     assert result["macs"] == 40_551_040 and result["images"] == 10_000
+
+
+def test_uniform_baseline_without_data_records_the_selection_apply_will_use(capsys, tmp_path: Path) -> None:
+    policy = tmp_path / "u.json"
+    assert run(capsys, "baseline", "--model", "digits_cnn", "--input-shape", "1,8,8", "--target-flops", "0.5",
+               "--out", policy)[0] == 0
+    assert json.loads(policy.read_text())["selection"] == "l1"
+    code, _, err = run(capsys, "apply", "--model", "digits_cnn", "--input-shape", "1,8,8", "--policy", policy,
+                       "--no-reconstruct", "--out", tmp_path / "m.pt")
+    assert code == 0 and "least-squares" not in err, err  # no warning about a search that never happened

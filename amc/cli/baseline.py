@@ -43,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "uniform" and (not args.dataset or budget.kind == "latency"):
         trained = common.trained_model(args.model, args.checkpoint, common.dataset(args.dataset, args.data_dir),
                                        args.input_shape)
-        pruner = ChannelPruner(trained.module, trained.input_shape, selection=args.selection or "ls")
+        # without data no channels are chosen by least squares: record the weight norm apply will use
+        pruner = ChannelPruner(trained.module, trained.input_shape,
+                               selection=args.selection or ("ls" if args.dataset else "l1"))
         table = (LatencyTable.measure(pruner, batch_size=args.latency_batch, channels_last=args.latency_channels_last)
                  if budget.kind == "latency" else None)
         cost = cost_function(pruner, budget.kind, table)

@@ -75,10 +75,12 @@ def check_reachable(pruner: ChannelPruner, cost: CostFn, budget: Budget, lbound:
     dense = float(cost(pruner.channels))
     smallest = float(cost(min_counts(pruner, lbound))) / dense
     if budget.ratio < smallest:
+        # with --lbound 0 the floor is the layers pruning cannot narrow: only a larger budget helps
+        smaller = " or a smaller --lbound" if lbound > 0 else " (the rest of the model is not prunable)"
         raise AmcError(
             f"a {budget.kind} budget of {budget.ratio:g} cannot be met: the smallest model the lower bound "
             f"{lbound:g} allows keeps {smallest:.3f}; pass a budget of at least {math.ceil(smallest * 1000) / 1000:g}"
-            " or a smaller --lbound"
+            + smaller
         )
     return budget.ratio * dense
 
