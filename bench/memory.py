@@ -24,6 +24,7 @@ from agents.config import SearchConfig
 from agents.search import run_search
 
 WIDE = f"{Path(__file__).resolve().parent / 'wide_model.py'}:wide"
+WIDE_NAME = "bench/wide_model.py:wide"  # how the results name it: no path of the machine it ran on
 
 
 def rss_mb() -> float:
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) ->
     marks = [e for e in (0, 1, 5, 10, 20, 30, 50, 100, 150, args.episodes - 1) if e < len(curve)]
     after_warm = curve[10:] if len(curve) > 10 else curve
     name = "memory_wide" + ("_notrim" if args.no_trim else "")
-    summary = common.summary(name, args, model=WIDE, groups=61, channels=64, episodes=result.episodes,
+    summary = common.summary(name, args, model=WIDE_NAME, groups=61, channels=64, episodes=result.episodes,
                              trim=not args.no_trim, seconds=time.monotonic() - started,
                              rss_mb_by_episode=curve, floor_rss_mb_by_episode=floors, peak_rss_mb=max(curve),
                              rss_mb_range_after_episode_10=[min(after_warm), max(after_warm)])
