@@ -14,10 +14,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from amc.errors import AmcError
+from amc.errors import AmcError, one_line
 
 # `config.json` of a run folder says it is amc's with this format tag.
 RUN_FORMAT = "amc-run/1"
+# Keys every config.json of amc's has had, in any version: what tells a run configuration from another JSON file.
+_CONFIG_KEYS = {"model", "dataset", "budget_kind", "budget_ratio", "episodes", "warmup"}
 # The SB3 algorithms a search can use (`agents.ddpg.AGENTS` maps them to classes).
 ALGORITHMS: tuple[str, ...] = ("ddpg", "td3", "sac")
 
@@ -136,6 +138,31 @@ class SearchConfig:
 
     @classmethod
     def read(cls, run_dir: str | Path) -> SearchConfig | None:
-        """The config saved in a run folder, or None when it has none."""
-        path = Path(run_dir) / "config.json"
-        return cls.from_dict(json.loads(path.read_text())) if path.is_file() else None
+        """The config saved in a run folder, or None when it has none.
+
+        Raises:
+            AmcError: its config.json is damaged.
+        """
+        saved = read_config_json(run_dir, fix="write the run again with amc train-agent")
+        return None if saved is None else cls.from_dict(saved)
+
+
+def read_config_json(run_dir: str | Path, *, fix: str) -> dict[str, Any] | None:
+    """The `config.json` a search saved in `run_dir`, as its JSON object; None when the folder has none.
+
+    Raises:
+        AmcError: the file is not an amc run configuration (damaged, or something else); the message ends
+            in `fix`.
+    """
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # ValueError covers bad JSON and bad UTF-8
+        saved, reason = None, one_line(exc)[:120]
+    else:
+        reason = "not an amc run configuration"
+    if not isinstance(saved, dict) or not _CONFIG_KEYS <= set(saved):
+        raise AmcError(f"{path} is damaged ({reason}); {fix}")
+    return saved

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import pickle
 import shutil
@@ -24,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from agents.config import RUN_FORMAT
+from agents.config import read_config_json
 from amc.errors import AmcError, one_line
 from amc.fileio import atomic_write_bytes, atomic_write_text, check_writable, exclusive_lock
 
@@ -32,7 +31,6 @@ RESULT_FILES = ("episodes.csv", "best_policy.json", "checkpoint", "agent.zip")
 # Everything a search writes in its run folder: `--force` removes these and nothing else.
 OWN_FILES = ("config.json", "episodes.csv", "best_policy.json", "agent.zip", "agent.tmp.zip", "checkpoint",
              "checkpoint.old", "checkpoint.tmp", "latency.json", "rewards.png", "best_policy.png", ".lock")
-_CONFIG_KEYS = {"model", "dataset", "budget_kind", "budget_ratio", "episodes", "warmup"}  # config.json of any version
 
 
 class RunFolder:
@@ -50,14 +48,14 @@ class RunFolder:
         """True when the folder is recognisably a run folder amc wrote: its `config.json` is amc's, or (the
         config damaged) its `episodes.csv` starts with amc's header."""
         try:
-            saved = json.loads((self.path / "config.json").read_text())
-            if isinstance(saved, dict) and (saved.get("format") == RUN_FORMAT or _CONFIG_KEYS <= set(saved)):
+            if read_config_json(self.path, fix="") is not None:
                 return True
-        except (OSError, ValueError):
+        except AmcError:
             pass
+        header = ",".join(EpisodeLog(self.path / "episodes.csv", []).columns).encode()
         try:
             with open(self.path / "episodes.csv", "rb") as f:
-                return f.readline().startswith(b"episode,reward,val_accuracy,")
+                return f.readline().startswith(header)
         except OSError:
             return False
 
@@ -98,18 +96,9 @@ class RunFolder:
         Raises:
             AmcError: it is missing or damaged.
         """
-        path = self.path / "config.json"
-        if not path.is_file():
+        saved = read_config_json(self.path, fix="the run cannot be resumed: start it again with --force")
+        if saved is None:
             raise AmcError(f"nothing to resume in {self.path}: it has no config.json; start the run without --resume")
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            saved, reason = None, one_line(exc)[:120]
-        else:
-            reason = "not an amc run configuration"
-        if not isinstance(saved, dict) or not _CONFIG_KEYS <= set(saved):
-            raise AmcError(f"cannot resume {self.path}: its config.json is damaged ({reason}); "
-                           "start the run again with --force")
         return saved
 
     def write_checkpoint(self, agent: Any, state: Any) -> None:

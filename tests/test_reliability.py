@@ -418,3 +418,15 @@ def test_rare_inputs_are_one_line(capsys, tmp_path, digits_files):
     for argv, message in cases:
         code, _, err = run(capsys, *argv)
         assert_user_error(code, err, message)
+
+
+def test_an_agent_whose_run_config_is_damaged_is_one_line(digits_task, finished, tmp_path):
+    from agents.search import policy_from_agent
+    from amc.engine.budget import Budget
+
+    run = tmp_path / "agent-run"
+    shutil.copytree(finished[1] / "whole", run)
+    (run / "config.json").write_bytes(b"\xe8\xff" * 20)
+    with pytest.raises(AmcError) as excinfo:
+        policy_from_agent(run / "agent.zip", digits_task, Budget("flops", 0.5))
+    assert_one_line(excinfo.value, "config.json is damaged")
