@@ -48,7 +48,7 @@ def _apply(args: argparse.Namespace) -> int:
 
     if not args.finetune_epochs:  # fine-tuning checks (and with --force removes) its own outputs
         common.check_out(args.out, args.force)
-    budget = common.budget(args.target_flops, args.target_params, args.target_latency, args.latency_batch)
+    budget = common.budget(args.target_flops, args.target_params, args.target_latency)
     if args.agent is not None and not (args.dataset and budget):
         raise AmcError("apply --agent needs --dataset (for the reward) and a budget, e.g. --target-flops 0.5")
     if args.finetune_epochs and not args.dataset:

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from amc.policy import Policy
 
     common.check_out(args.out, args.force)
-    budget = common.budget(args.target_flops, args.target_params, args.target_latency, args.latency_batch)
+    budget = common.budget(args.target_flops, args.target_params, args.target_latency)
     lbound = args.lbound if args.lbound is not None else (0.0 if args.method == "uniform" else SearchConfig.lbound)
     if not 0.0 <= lbound < 1.0:
         raise AmcError(f"--lbound {lbound} is outside [0, 1); pass e.g. --lbound 0.2")

@@ -17,7 +17,7 @@ from amc.data.datasets import Dataset, load_dataset
 from amc.engine.budget import Budget
 from amc.errors import AmcError
 from amc.fileio import check_writable, exclusive_lock
-from amc.models.pruned import load_model, read_model_info
+from amc.models.pruned import PrunedModel, read_model_info
 from amc.models.trained import TrainedModel, check_fits, load_trained_model
 
 
@@ -44,23 +44,26 @@ def trained_model(spec: str, checkpoint: str | None, data: Dataset | None,
         return load_trained_model(spec, checkpoint, dataset=data, input_shape=shape)
     if checkpoint:
         raise AmcError(f"{spec} is a pruned-model file with its own weights; drop --checkpoint")
-    info = read_model_info(spec)
-    shape = tuple(info["input_shape"])
+    pruned = pruned_model_file(spec, data)
+    return TrainedModel(pruned.module, spec, pruned.num_classes, pruned.input_shape, pruned.mean, pruned.std)
+
+
+def pruned_model_file(path: str, data: Dataset | None) -> PrunedModel:
+    """The pruned-model file `path`, checked to take `data`'s images and classes (when given)."""
+    shape = tuple(read_model_info(path)["input_shape"])  # before rebuilding the model: a quick, clear refusal
     if data is not None and tuple(data.image_shape) != shape:
         raise AmcError(
-            f"{spec} takes inputs of shape {shape} but dataset {data.name} has {tuple(data.image_shape)}; "
+            f"{path} takes inputs of shape {shape} but dataset {data.name} has {tuple(data.image_shape)}; "
             "pass the dataset the model was pruned on"
         )
-    trained = TrainedModel(load_model(spec), spec, info["num_classes"], shape, tuple(info["mean"]), tuple(info["std"]))
-    check_fits(trained, data.num_classes if data else None, data.name if data else None)
-    return trained
+    pruned = PrunedModel.load(path)
+    check_fits(TrainedModel(pruned.module, path, pruned.num_classes, pruned.input_shape, pruned.mean, pruned.std),
+               data.num_classes if data else None, data.name if data else None)
+    return pruned
 
 
-def budget(target_flops: float | None, target_params: float | None, target_latency: float | None,
-           latency_batch: int = 1) -> Budget | None:
+def budget(target_flops: float | None, target_params: float | None, target_latency: float | None) -> Budget | None:
     """The budget the --target-* flags give (at most one is set), None when none is."""
-    if latency_batch < 1:
-        raise AmcError(f"--latency-batch {latency_batch} is not a batch size; pass e.g. --latency-batch 64")
     for kind, ratio in (("flops", target_flops), ("latency", target_latency), ("params", target_params)):
         if ratio is not None:
             return Budget(kind, ratio)

@@ -98,13 +98,12 @@ def _finetune(args: argparse.Namespace) -> int:
     from amc.data.transforms import normalize
     from amc.engine.measure import accuracy
     from amc.errors import AmcError
-    from amc.models.pruned import PrunedModel, load_model
+    from amc.models.pruned import load_model
     from amc.models.trained import load_trained_model
     from amc.train import distributed
 
     data = load_dataset(args.dataset, args.data_dir)
-    common.trained_model(args.model, None, data)  # checks the file fits the dataset
-    pruned = PrunedModel.load(args.model)
+    pruned = common.pruned_model_file(args.model, data)
     teacher = None
     if args.teacher:
         teacher = load_trained_model(args.teacher, args.teacher_checkpoint, dataset=data).module

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from amc.errors import AmcError
     from amc.models.zoo import digits_checkpoint
 
-    budget = common.budget(args.target_flops, args.target_params, args.target_latency, args.latency_batch)
+    budget = common.budget(args.target_flops, args.target_params, args.target_latency)
     budget = budget or Budget(SearchConfig.budget_kind, SearchConfig.budget_ratio)
     model = args.model or SearchConfig.model
     dataset = args.dataset or ("digits" if model == "digits_cnn" else None)
