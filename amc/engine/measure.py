@@ -61,7 +61,9 @@ _CONV_BN = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d
 
 def fold_batchnorm(model: nn.Module) -> torch.fx.GraphModule:
     """`model` (in eval mode) traced with `torch.fx`, each BatchNorm that reads only a conv's output folded into
-    that conv (`torch.nn.utils.fusion.fuse_conv_bn_eval`); the caller's modules are not modified.
+    that conv (`torch.nn.utils.fusion.fuse_conv_bn_eval`, which builds a new conv). `model` is not modified:
+    the trace has containers of its own; it shares the layers it does not fold with `model`
+    (`inference_copy` gives an independent copy).
 
     The same rewrite as `torch.fx.experimental.optimization.fuse`, which cannot be used: importing it loads
     TorchScript code that torch 2.13 deprecates.
@@ -69,7 +71,7 @@ def fold_batchnorm(model: nn.Module) -> torch.fx.GraphModule:
     Raises:
         Exception: whatever `torch.fx.symbolic_trace` raises for a model it cannot trace.
     """
-    traced = torch.fx.symbolic_trace(copy.deepcopy(model))
+    traced = torch.fx.symbolic_trace(model)
     modules = dict(traced.named_modules())
     for node in list(traced.graph.nodes):
         source = node.args[0] if node.op == "call_module" and node.args else None
