@@ -178,28 +178,29 @@ def mask_copy(model: nn.Module, groups: Sequence[ChannelGroup], keep: dict[str, 
     modules = dict(masked.named_modules())
     with torch.no_grad():
         for group in groups:
-            if group.name not in keep:
-                continue
-            for (name, kind), idxs in group.removed_by_module(keep[group.name]).items():
-                module = modules[name]
-                if kind == "in" and idxs:
-                    module.weight[:, idxs] = 0.0
+            if group.name in keep:
+                _zero_consumed(modules, group, keep[group.name], [])
     return masked
+
+
+def _zero_consumed(modules: dict[str, nn.Module], group: ChannelGroup, kept: torch.Tensor,
+                   saved: list[tuple[torch.Tensor, list[int], torch.Tensor]]) -> None:
+    """Zero the consuming weights of the group's removed channels in place (under no_grad), appending
+    (weight, columns, their old values) to `saved` before each change, so that it can be undone."""
+    for (name, kind), idxs in group.removed_by_module(kept).items():
+        if kind == "in" and idxs:
+            weight = modules[name].weight
+            saved.append((weight, idxs, weight[:, idxs].clone()))
+            weight[:, idxs] = 0.0
 
 
 @contextmanager
 def _masked(model: nn.Module, group: ChannelGroup, kept: torch.Tensor) -> Iterator[None]:
-    """`model` as `mask_copy` makes it, for the block: the consuming weights of removed channels zeroed in
-    place, and restored afterwards."""
-    modules = dict(model.named_modules())
-    saved = []
+    """`model` as `mask_copy` makes it, for the block: zeroed in place, and restored afterwards."""
+    saved: list[tuple[torch.Tensor, list[int], torch.Tensor]] = []
     with torch.no_grad():
         try:
-            for (name, kind), idxs in group.removed_by_module(kept).items():
-                if kind == "in" and idxs:
-                    weight = modules[name].weight
-                    saved.append((weight, idxs, weight[:, idxs].clone()))
-                    weight[:, idxs] = 0.0
+            _zero_consumed(dict(model.named_modules()), group, kept, saved)
             yield
         finally:
             for weight, idxs, values in reversed(saved):
