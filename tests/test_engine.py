@@ -345,6 +345,56 @@ def test_refit_of_rank_deficient_gram_is_finite() -> None:
         assert torch.isfinite(out).all()
 
 
+class _DeadChannels(nn.Module):
+    """conv -> ReLU -> conv where half of the first conv's outputs are dead (zero weight, negative bias): removing
+    exactly those changes nothing, so a re-fit must leave the model exact."""
+
+    def __init__(self, padding_mode: str = "zeros", stride: int = 1, kernel=(3, 3)) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(2, 6, 3, padding=1)
+        self.b = nn.Conv2d(6, 5, kernel, stride=stride, padding=(kernel[0] // 2, kernel[1] // 2),
+                           padding_mode=padding_mode)
+        self.fc = nn.Linear(5, 3)
+        with torch.no_grad():
+            self.a.weight[::2] = 0.0
+            self.a.bias[::2] = -1.0
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(F.relu(self.b(F.relu(self.a(x)))), 1).flatten(1))
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(padding_mode="reflect"), dict(padding_mode="circular", stride=2),
+                                     dict(padding_mode="replicate", kernel=(1, 5))],
+                         ids=["zeros", "reflect", "circular-strided", "replicate-1x5"])
+@pytest.mark.parametrize("method", ["gram", "sequential"])
+def test_a_refit_never_adds_error_where_selection_is_exact(variant, method) -> None:
+    """Removing only dead channels is exact without a re-fit; the ridged re-fit would add error, so it is
+    declined (never worse than no re-fit), for every padding mode and both re-fits."""
+    torch.manual_seed(0)
+    model = _DeadChannels(**variant).eval()
+    x = torch.randn(64, 2, 8, 8)
+    pruner = ChannelPruner(model, (2, 8, 8))
+    pruner.calibrate(x.split(32))
+    counts = np.array([3 if name == "a" else c for name, c in zip(pruner.names, pruner.channels)])
+    assert pruner.kept_indices(counts)["a"].tolist() == [1, 3, 5]
+    evaluator = RewardEvaluator(pruner, x, torch.zeros(64, dtype=torch.long), refit_x=x[:32], reconstruct=method)
+    with torch.no_grad():
+        torch.testing.assert_close(evaluator.prune(counts)(x), model(x), rtol=0, atol=1e-6)
+
+
+def test_the_gram_refit_is_never_worse_than_selection() -> None:
+    """On random data the re-fit's output error is at most plain selection's, for every kept set."""
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(6, 12, generator=g)
+    rows = torch.randn(40, 12, generator=g, dtype=torch.float64)
+    gram = rows.T @ rows
+    for _ in range(20):
+        keep = torch.randperm(12, generator=g)[: int(torch.randint(1, 12, (1,), generator=g))]
+        errors = [(rows[:, keep] @ w.double().T - rows @ weight.double().T).square().sum().item()
+                  for w in (refit(weight, gram, keep), weight[:, keep])]
+        assert errors[0] <= errors[1] + 1e-9
+
+
 def test_refit_keeping_every_column_returns_the_weights() -> None:
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(4, 8, generator=g)

@@ -112,9 +112,21 @@ def refit(weight: torch.Tensor, gram: torch.Tensor, keep_cols: torch.Tensor) -> 
         solved = torch.cholesky_solve(rhs, factor)
     else:  # numerically indefinite even with the ridge
         solved = torch.linalg.lstsq(g_ss, rhs).solution
+    selected = w[:, keep_cols]
     if not torch.isfinite(solved).all():
         return weight[:, keep_cols].clone()
+    # the ridge biases the solve: where plain selection already reproduces the layer (e.g. only dead channels
+    # were removed) the re-fit may be the worse of the two, and a re-fit must never add error
+    gram_ss = gram[keep_cols][:, keep_cols]
+    if _fit_error(solved.T, gram_ss, rhs) > _fit_error(selected, gram_ss, rhs):
+        return weight[:, keep_cols].clone()
     return solved.T.to(weight.dtype)
+
+
+def _fit_error(w: torch.Tensor, gram: torch.Tensor, rhs: torch.Tensor) -> float:
+    """||X W^T - Y||^2 up to the constant ||Y||^2, from the Gram matrix G = X^T X [D, D] and X^T Y [D, O]:
+    tr(W G W^T) - 2 tr(W X^T Y), for weights `w` [O, D]."""
+    return float((w @ gram * w).sum() - 2 * (w * rhs.T).sum())
 
 
 def greedy_order(weight: torch.Tensor, gram: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
@@ -237,7 +249,13 @@ def refit_sequentially(model: nn.Module, targets: dict[str, Target], x: torch.Te
             if info.item() != 0:
                 return  # numerically indefinite: keep the weights it has
             solved = torch.cholesky_solve(rhs, factor).T
-            if torch.isfinite(solved).all():
+            if not torch.isfinite(solved).all():
+                return
+            # never worse than no re-fit: the ridge biases the solve, so where the selected weights already
+            # reproduce the outputs (only dead channels removed) they are kept
+            plain = (rows.T @ rows).double()
+            current = conv.weight.reshape(len(solved), -1).double()
+            if _fit_error(solved, plain, rhs) <= _fit_error(current, plain, rhs):
                 conv.weight.copy_(solved.reshape(conv.weight.shape))
         return refit_input
 
