@@ -274,14 +274,17 @@ def policy_from_agent(agent_zip: str | Path, task: Task, budget: Budget) -> tupl
     if not agent_zip.is_file():
         raise AmcError(f"agent file {agent_zip} does not exist; pass the agent.zip of a finished amc train-agent run")
     saved = SearchConfig.read(agent_zip.parent) or SearchConfig()
-    try:
-        agent = AGENTS[saved.algo].load(agent_zip, device="cpu")
-    except Exception as exc:
-        raise AmcError(f"cannot load agent {agent_zip} ({one_line(exc)}); "
-                       "pass an agent.zip written by amc train-agent") from None
     latency = latency_table(task, agent_zip.parent) if "latency" in (budget.kind, saved.reward) else None
     env = ChannelPruningEnv(task.pruner, task.evaluator, budget, reward=saved.reward, lbound=saved.lbound,
                             rbound=saved.rbound, latency=latency)
+    # SB3's `load` unpickles the archive's data (cloudpickle: it can run code); only the network weights are
+    # read here, with torch's safe loader, into an agent built from the run's config
+    agent = make_agent(saved.algo, env, env.n_groups, warmup_episodes=saved.warmup, seed=saved.seed, device="cpu")
+    try:
+        agent.set_parameters(str(agent_zip), exact_match=True, device="cpu")
+    except Exception as exc:
+        raise AmcError(f"cannot load agent {agent_zip} ({one_line(exc)[:200]}); "
+                       "pass an agent.zip written by amc train-agent") from None
     obs, _ = env.reset(seed=0)
     done, info = False, {}
     while not done:

@@ -231,6 +231,29 @@ def test_pickled_objects_in_a_checkpoint_are_never_unpickled(tmp_path: Path, mon
     assert not marker.exists()
 
 
+def test_a_pickled_whole_model_loads_only_when_asked_in_so_many_words(tmp_path: Path, capsys) -> None:
+    """`--unsafe-unpickle` (the CLI) / `unsafe_unpickling()` (Python) is the one way in; the refusal names it."""
+    from conftest import assert_user_error
+
+    from amc.cli import main
+    from amc.models.checkpoint import unsafe_unpickling
+
+    model = create_model("digits_cnn")
+    whole = tmp_path / "whole.pt"
+    torch.save({"model": model, "num_classes": 10}, whole)
+    argv = ["eval", "--model", "digits_cnn", "--checkpoint", str(whole), "--dataset", "digits", "--json"]
+    code = main(argv)
+    assert_user_error(code, capsys.readouterr().err, "--unsafe-unpickle")
+    assert main([*argv, "--unsafe-unpickle"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    with unsafe_unpickling():
+        state, meta = read_checkpoint(whole)
+    assert meta == {"num_classes": 10}
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(AmcError, match="--unsafe-unpickle"):  # the switch ends with its block
+        read_checkpoint(whole)
+
+
 class _Exploit:
     """Pickles as a call that creates a file: what a malicious checkpoint would do."""
 

@@ -11,6 +11,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import assert_one_line, assert_user_error, rows
@@ -418,6 +419,46 @@ def test_rare_inputs_are_one_line(capsys, tmp_path, digits_files):
     for argv, message in cases:
         code, _, err = run(capsys, *argv)
         assert_user_error(code, err, message)
+
+
+class _Payload:
+    """A pickle that creates a file when it is unpickled: what a hostile agent archive would carry."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_an_agent_archive_is_read_without_unpickling(digits_task, finished, tmp_path):
+    """`apply --agent` reads only the archive's network weights (torch's safe loader): a pickled payload in
+    its data never runs, and the policy is the one the archive's actor gives."""
+    import base64
+    import pickle
+    import zipfile
+
+    from agents.search import policy_from_agent
+    from amc.engine.budget import Budget
+
+    run = tmp_path / "agent-run"
+    shutil.copytree(finished[1] / "whole", run)
+    want, _ = policy_from_agent(run / "agent.zip", digits_task, Budget("flops", 0.5))
+    marker = tmp_path / "code-ran"
+    with zipfile.ZipFile(run / "agent.zip") as z:
+        entries = {name: z.read(name) for name in z.namelist()}
+    data = json.loads(entries["data"])
+    data["lr_schedule"][":serialized:"] = base64.b64encode(pickle.dumps(_Payload(marker))).decode()
+    entries["data"] = json.dumps(data).encode()
+    with zipfile.ZipFile(run / "agent.zip", "w") as z:
+        for name, content in entries.items():
+            z.writestr(name, content)
+    got, _ = policy_from_agent(run / "agent.zip", digits_task, Budget("flops", 0.5))
+    assert not marker.exists()
+    assert np.array_equal(got, want)
+    from agents.ddpg import AGENTS
+    AGENTS["ddpg"].load(run / "agent.zip", device="cpu")  # the unsafe path this avoids
+    assert marker.exists()
 
 
 def test_an_agent_whose_run_config_is_damaged_is_one_line(digits_task, finished, tmp_path):

@@ -11,6 +11,7 @@ exit 2; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import math
 import re
@@ -94,12 +95,20 @@ def _budget_flags(parser: argparse.ArgumentParser, required: bool) -> None:
                         help="measure the latency table in channels-last memory layout (see amc eval --channels-last)")
 
 
+def _checkpoint_flags(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--checkpoint", required=required, metavar="FILE",
+                        help="trained weights of the dense model (torch file)")
+    parser.add_argument("--unsafe-unpickle", action="store_true",
+                        help="also load checkpoints holding pickled Python objects (a whole model); unpickling RUNS "
+                        "ANY CODE the file holds: only for files you made yourself")
+
+
 SHARED_FLAGS: dict[str, AddShared] = {
     "model": _flag(
         "--model", metavar="MODEL", help="registered name (e.g. resnet56), pkg.mod:factory, file.py:factory, "
         "or (eval, profile, finetune) an amc pruned-model file NAME.pt",
     ),
-    "checkpoint": _flag("--checkpoint", metavar="FILE", help="trained weights of the dense model (torch file)"),
+    "checkpoint": _checkpoint_flags,
     "dataset": _flag("--dataset", metavar="NAME", choices=DATASETS, help="one of %(choices)s"),
     "data_dir": _flag("--data-dir", metavar="DIR", help="folder holding the dataset's files"),
     "input_shape": _flag(
@@ -198,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C during start-up: nothing was done
         print("amc: interrupted before anything was done", file=sys.stderr)
         return 130
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _unpickling(getattr(args, "unsafe_unpickle", False)):
         warnings.showwarning = _show_warning
         try:
             return args.run(args)
@@ -216,6 +225,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"amc: internal error: {one_line(exc)}; rerun with --debug for the traceback",
                   file=sys.stderr)
             return 1
+
+
+def _unpickling(unsafe: bool) -> contextlib.AbstractContextManager[None]:
+    if not unsafe:
+        return contextlib.nullcontext()
+    from amc.models.checkpoint import unsafe_unpickling  # imports torch: only when asked for
+
+    return unsafe_unpickling()
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,22 @@ _STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")
 # Optional facts about the training set-up that callers need before building the model or the data.
 _METADATA_KEYS = ("mean", "std", "num_classes", "arch")
 _DDP_PREFIX = "module."
+# Set only inside `unsafe_unpickling()`: the one way a checkpoint's pickled objects are ever unpickled.
+_UNSAFE_UNPICKLE: ContextVar[bool] = ContextVar("amc_unsafe_unpickle", default=False)
+UNSAFE_FLAG = "--unsafe-unpickle"
+
+
+@contextmanager
+def unsafe_unpickling() -> Iterator[None]:
+    """Inside the block, checkpoints that hold pickled Python objects (a whole `nn.Module`, custom classes) are
+    unpickled instead of refused. Unpickling runs any code the file's author put in it: use this only for files
+    you made yourself. The CLI enters it for `--unsafe-unpickle`; outside it amc reads every checkpoint with
+    torch's safe (`weights_only`) loader."""
+    token = _UNSAFE_UNPICKLE.set(True)
+    try:
+        yield
+    finally:
+        _UNSAFE_UNPICKLE.reset(token)
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -78,10 +96,17 @@ def _torch_load(path: Path) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         if "Unsupported global" in str(exc):  # the safe loader met a class or function to import
-            # Never unpickled: unpickling an arbitrary object can run any code the file's author chose.
+            # Never unpickled unless asked in so many words: unpickling runs any code the file's author chose.
+            if _UNSAFE_UNPICKLE.get():
+                try:
+                    return torch.load(path, map_location="cpu", weights_only=False)
+                except Exception as unsafe:
+                    raise AmcError(f"checkpoint {path} could not be unpickled ({first(unsafe)}); make the module "
+                                   "that defines its classes importable (run amc from its folder)") from None
             raise AmcError(
                 f"checkpoint {path} holds pickled Python objects (a whole model or custom classes), which amc does "
-                "not load because unpickling can run code; save the weights with torch.save(model.state_dict(), path)"
+                "not load because unpickling can run code; save the weights with torch.save(model.state_dict(), "
+                f"path), or, for a file you made yourself, pass {UNSAFE_FLAG}"
             ) from None
         raise AmcError(
             f"checkpoint {path} is not a readable torch file ({type(exc).__name__}); give a file written by torch.save"
