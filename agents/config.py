@@ -66,8 +66,15 @@ class SearchConfig:
     """TRAIN images (outside val) whose statistics feed channel selection and the Gram re-fit"""
     refit_size: int = 256
     """TRAIN images on which each pruned network is re-fitted sequentially and its BatchNorm re-estimated"""
-    device: str = "cpu"
-    """device of the agent's networks"""
+    race_images: int = 1000
+    """val images every policy is scored on first; only a policy within race_margin of the best so far on them
+    is scored on all of val (racing, `amc.reward.RacingReward`; acc reward only; 0: every policy on all of val)"""
+    race_margin: float = 0.01
+    """how far below the best policy's accuracy on the first race_images a policy may be and still be scored on
+    all of val"""
+    device: str = "auto"
+    """where the search computes (model, statistics, re-fit, rewards, agent): auto (the first CUDA device if
+    there is one, else the CPU), cpu, cuda or cuda:N"""
     out: str = "runs/amc"
     """the run folder"""
 
@@ -94,7 +101,14 @@ class SearchConfig:
             raise AmcError(f"--seed {self.seed} is outside [0, 2**32 - 1]; pass e.g. --seed 0")
         if not (isinstance(self.latency_batch, int) and 1 <= self.latency_batch <= 65536):
             raise AmcError(f"--latency-batch {self.latency_batch} is not a batch size; pass e.g. --latency-batch 64")
+        if not (isinstance(self.race_images, int) and self.race_images >= 0):
+            raise AmcError(f"--race-images {self.race_images} must be a count of images (0 turns racing off)")
+        if not (0 <= self.race_margin <= 1):
+            raise AmcError(f"--race-margin {self.race_margin} must be an accuracy difference in [0, 1], e.g. 0.01")
         self.budget()  # checks kind and ratio
+        from amc.engine.device import resolve_device  # torch: only when a search is checked
+
+        resolve_device(self.device)
 
     def task_settings(self) -> dict[str, Any]:
         """The arguments of `amc.reward.prepare_task` this config implies (compared with `Task.settings`)."""
@@ -106,7 +120,7 @@ class SearchConfig:
         """The `amc.reward.Task` this config searches: model, data, analysis and the reward evaluation."""
         from amc.reward import prepare_task  # heavy (data, torch-pruning); only when a search starts
 
-        return prepare_task(**self.task_settings())
+        return prepare_task(**self.task_settings(), device=self.device)
 
     def check_task(self, task: Any) -> None:
         """AmcError when `task` was prepared with settings other than this config's."""

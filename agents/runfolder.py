@@ -139,7 +139,7 @@ class EpisodeLog:
     def __init__(self, path: Path, group_names: list[str]) -> None:
         self.path = path
         self.group_names = list(group_names)
-        self.columns = ["episode", "reward", "val_accuracy", "val_loss", "macs", "params", "cost_ratio",
+        self.columns = ["episode", "reward", "val_accuracy", "val_loss", "val_images", "macs", "params", "cost_ratio",
                         "seconds"] + [f"keep:{n}" for n in group_names]
 
     def truncate(self, episodes: int) -> None:

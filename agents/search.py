@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from agents.callbacks import EpisodeRecorderCallback, RewardRelabelCallback
 from agents.config import SearchConfig
-from agents.ddpg import AGENTS, make_agent
+from agents.ddpg import make_agent
 from agents.runfolder import EpisodeLog, RunFolder
 from amc.engine.budget import Budget, uniform_counts
 from amc.engine.device import resolve_device
@@ -32,7 +32,7 @@ from amc.engine.latency import LatencyTable
 from amc.errors import AmcError, one_line
 from amc.fileio import atomic_copy, atomic_write_json
 from amc.policy import Policy
-from amc.reward import Task
+from amc.reward import RacingReward, Task
 from envs.channel_pruning import ChannelPruningEnv
 
 
@@ -109,7 +109,7 @@ class SearchRecorder:
         seconds = time.monotonic() - self.episode_start
         state.seconds += seconds
         self.log.append([state.episode, f"{info['reward']:.6f}", f"{info['accuracy']:.6f}", f"{info['loss']:.6f}",
-                         info["macs"], info["params"], f"{info['cost_ratio']:.6f}", f"{seconds:.3f}",
+                         info["images"], info["macs"], info["params"], f"{info['cost_ratio']:.6f}", f"{seconds:.3f}",
                          *[int(c) for c in info["counts"]]])
         if info["reward"] > state.best_reward:
             state.best_reward = info["reward"]
@@ -202,7 +202,10 @@ def _search(config: SearchConfig, run: RunFolder, task: Task, resume: bool, prog
     budget = config.budget()
     latency = (latency_table(task, run.path, config.latency_batch, config.latency_channels_last)
                if "latency" in (budget.kind, config.reward) else None)
-    env = ChannelPruningEnv(task.pruner, task.evaluator, budget, reward=config.reward,
+    # racing compares accuracies, so it serves the accuracy reward only
+    racing = RacingReward(task.evaluator, config.race_images, config.race_margin) \
+        if config.race_images and config.reward == "acc" else None
+    env = ChannelPruningEnv(task.pruner, racing or task.evaluator, budget, reward=config.reward,
                             lbound=config.lbound, rbound=config.rbound, latency=latency)
     n_steps = env.n_groups
     log = EpisodeLog(run.path / "episodes.csv", task.pruner.names)
@@ -218,6 +221,8 @@ def _search(config: SearchConfig, run: RunFolder, task: Task, resume: bool, prog
         state.best = Policy.from_dict(state.best)
     if state.best is not None:
         state.best.save(run.path / "best_policy.json")
+        if racing is not None:  # a resumed race starts with the best policy so far as its leader
+            racing(state.best.counts_for(task.pruner))
 
     recorder = SearchRecorder(run, log, state, task, config, agent, progress)
     recording = EpisodeRecorderCallback(recorder.on_episode, recorder.checkpoint)

@@ -198,6 +198,7 @@ class ChannelPruningEnv(gym.Env):
             "cost_ratio": float(self.cost(self.counts)) / self.dense_cost,
             "accuracy": result.accuracy,
             "loss": result.loss,
+            "images": result.images,
             "reward": reward,
         }
         return float(reward), True, False, info

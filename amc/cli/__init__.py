@@ -62,9 +62,10 @@ LBOUND = number(float, 0.0, 1.0, high_open=True)  # the lower preserve ratio
 
 
 def device_name(text: str) -> str:
-    """An argparse `type` for --device: cpu, cuda or cuda:N (whether it exists is checked when the command runs)."""
-    if re.fullmatch(r"cpu|cuda(:\d+)?", text) is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda or cuda:N")
+    """An argparse `type` for --device: auto, cpu, cuda or cuda:N (whether it exists is checked when the command
+    runs)."""
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text) is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use auto, cpu, cuda or cuda:N")
     return text
 
 

@@ -23,8 +23,15 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--algo", choices=ALGORITHMS, default=d.algo, help="SB3 algorithm (default %(default)s)")
     parser.add_argument("--lbound", type=LBOUND, default=d.lbound, help="smallest preserve ratio (default %(default)s)")
     parser.add_argument("--rbound", type=FRACTION, default=d.rbound, help="largest preserve ratio (default %(default)s)")
+    parser.add_argument("--race-images", type=number(int, 0, 10**9), default=d.race_images, metavar="N",
+                        help="score every policy on N val images first and only the promising ones on all of val "
+                             "(acc reward; 0: all of val for every policy) (default %(default)s)")
+    parser.add_argument("--race-margin", type=number(float, 0, 1), default=d.race_margin, metavar="D",
+                        help="a policy goes on to all of val when its accuracy on the first N images is at most D "
+                             "below the best policy's there (default %(default)s)")
     parser.add_argument("--device", type=device_name, default=d.device,
-                        help="device of the agent's networks (default %(default)s)")
+                        help="where the search computes: auto (CUDA if present, else CPU), cpu, cuda, cuda:N "
+                             "(default %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -62,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         budget_ratio=budget.ratio, reward=args.reward, latency_batch=args.latency_batch,
         latency_channels_last=args.latency_channels_last, episodes=args.episodes, warmup=args.warmup,
         val_size=args.val_size, seed=args.seed, algo=args.algo, lbound=args.lbound, rbound=args.rbound,
-        selection=args.selection or SearchConfig.selection, device=args.device, out=out,
+        selection=args.selection or SearchConfig.selection, race_images=args.race_images,
+        race_margin=args.race_margin, device=args.device, out=out,
     )
     try:
         result = run_search(config, resume=args.resume, force=args.force, progress=not args.no_progress)

@@ -44,13 +44,15 @@ def accepts_channels_last(model: nn.Module, input_shape: Sequence[int]) -> bool:
 def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> tuple[float, float]:
     """Top-1 accuracy (fraction in [0, 1]) and mean cross-entropy of `model` in eval mode.
 
-    `inputs` are normalized float images [N, C, H, W]; `labels` int64 [N].
+    `inputs` are normalized float images [N, C, H, W]; `labels` int64 [N]; each batch is moved to the model's
+    device.
     """
     model.eval()
+    device = next(iter(model.parameters()), torch.zeros(0)).device
     correct, loss = 0, 0.0
     for start in range(0, len(inputs), batch_size):
-        logits = model(inputs[start : start + batch_size])
-        target = labels[start : start + batch_size]
+        logits = model(inputs[start : start + batch_size].to(device))
+        target = labels[start : start + batch_size].to(device)
         correct += int((logits.argmax(1) == target).sum())
         loss += float(F.cross_entropy(logits, target, reduction="sum"))
     return correct / len(inputs), loss / len(inputs)

@@ -29,7 +29,7 @@ def _weight_scores(model: nn.Module, group: ChannelGroup, kind: str,
     for item in group.items:
         if item.kind != kind:
             continue
-        weight = modules[item.module].weight.detach().double()
+        weight = modules[item.module].weight.detach().double().cpu()
         for idx, root in zip(item.idxs, item.root_idxs):
             score[root] += reduce(per_channel(weight, idx))
     return score

@@ -54,7 +54,7 @@ def _rows(module: nn.Module, x: torch.Tensor, positions: int, generator: torch.G
     cols = F.unfold(padded_input(module, x), module.kernel_size, module.dilation, 0, module.stride)  # [B, D, L]
     batch, dim, length = cols.shape
     if positions < length:
-        pick = torch.randint(length, (batch, positions), generator=generator)
+        pick = torch.randint(length, (batch, positions), generator=generator).to(cols.device)
         cols = torch.gather(cols, 2, pick.unsqueeze(1).expand(batch, dim, positions))
     return cols.transpose(1, 2).reshape(-1, dim)
 
@@ -93,7 +93,7 @@ def collect_grams(
 def _ridged(gram: torch.Tensor, scale: float = 1e-6) -> torch.Tensor:
     """`gram` + a ridge of `scale` times its mean diagonal on the diagonal, so a rank-deficient G solves."""
     ridge = scale * gram.diagonal().mean().clamp_min(1e-12)
-    return gram + ridge * torch.eye(len(gram), dtype=gram.dtype)
+    return gram + ridge * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
 
 
 def refit(weight: torch.Tensor, gram: torch.Tensor, keep_cols: torch.Tensor) -> torch.Tensor:
@@ -142,6 +142,7 @@ def greedy_order(weight: torch.Tensor, gram: torch.Tensor, blocks: torch.Tensor)
     """
     n, b = blocks.shape
     cols = blocks.reshape(-1)
+    weight, gram = weight.cpu(), gram.cpu()  # a one-time ranking: on the CPU, whatever device the model is on
     inverse = torch.linalg.inv(_ridged(gram[cols][:, cols]))  # P, [m*b, m*b] over the alive channels
     fitted = inverse @ (gram[cols] @ weight.double().T)  # A, [m*b, O]
     alive = torch.arange(n)
@@ -181,9 +182,10 @@ def _patch_rows(conv: nn.Conv2d, x: torch.Tensor, positions: torch.Tensor) -> to
     padded = padded_input(conv, x)
     batch, channels, _, width = padded.shape
     out_w = (width - dw * (kw - 1) - 1) // sw + 1
-    rows = (positions // out_w)[..., None] * sh + torch.arange(kh) * dh  # [B, P, kh]
-    cols = (positions % out_w)[..., None] * sw + torch.arange(kw) * dw  # [B, P, kw]
-    image = torch.arange(batch)[:, None, None, None]
+    device = positions.device
+    rows = (positions // out_w)[..., None] * sh + torch.arange(kh, device=device) * dh  # [B, P, kh]
+    cols = (positions % out_w)[..., None] * sw + torch.arange(kw, device=device) * dw  # [B, P, kw]
+    image = torch.arange(batch, device=device)[:, None, None, None]
     patches = padded[image, :, rows[..., :, None], cols[..., None, :]]  # [B, P, kh, kw, C]
     return patches.permute(0, 1, 4, 2, 3).reshape(-1, channels * kh * kw)
 
@@ -210,9 +212,10 @@ def collect_targets(model: nn.Module, consumers: Iterable[str], x: torch.Tensor,
                 flat = flat - conv.bias[:, None]
             batch, out_channels, length = flat.shape
             if positions < length:
-                pick = torch.randint(length, (batch, positions), generator=generator)
+                # drawn on the CPU whatever the device, so every device samples the same positions
+                pick = torch.randint(length, (batch, positions), generator=generator).to(flat.device)
             else:
-                pick = torch.arange(length).expand(batch, length)
+                pick = torch.arange(length, device=flat.device).expand(batch, length)
             sampled = torch.gather(flat, 2, pick[:, None, :].expand(batch, out_channels, -1))
             targets[name] = Target(pick, sampled.transpose(1, 2).reshape(-1, out_channels).float())
         return record
@@ -240,7 +243,8 @@ def refit_sequentially(model: nn.Module, targets: dict[str, Target], x: torch.Te
     def hook(name: str):
         def refit_input(conv: nn.Conv2d, inputs: tuple[torch.Tensor, ...]) -> None:
             rows = _patch_rows(conv, inputs[0], targets[name].positions)
-            gram = _ridged((rows.T @ rows).double(), ridge)
+            plain = (rows.T @ rows).double()
+            gram = _ridged(plain, ridge)
             output = targets[name].output
             if name in kept_outputs:
                 output = output[:, kept_outputs[name]]
@@ -253,7 +257,6 @@ def refit_sequentially(model: nn.Module, targets: dict[str, Target], x: torch.Te
                 return
             # never worse than no re-fit: the ridge biases the solve, so where the selected weights already
             # reproduce the outputs (only dead channels removed) they are kept
-            plain = (rows.T @ rows).double()
             current = conv.weight.reshape(len(solved), -1).double()
             if _fit_error(solved, plain, rhs) <= _fit_error(current, plain, rhs):
                 conv.weight.copy_(solved.reshape(conv.weight.shape))
