@@ -69,9 +69,9 @@ class SearchConfig:
     race_images: int = 1000
     """val images every policy is scored on first; only a policy within race_margin of the best so far on them
     is scored on all of val (racing, `amc.reward.RacingReward`; acc reward only; 0: every policy on all of val)"""
-    race_margin: float = 0.01
+    race_margin: float = 0.0
     """how far below the best policy's accuracy on the first race_images a policy may be and still be scored on
-    all of val"""
+    all of val (0: only a policy at least as accurate as the best there)"""
     device: str = "auto"
     """where the search computes (model, statistics, re-fit, rewards, agent): auto (the first CUDA device if
     there is one, else the CPU), cpu, cuda or cuda:N"""

@@ -81,7 +81,7 @@ def _restore_rng(agent: Any, rng: dict[str, Any]) -> None:
 
 def _compare_config(saved: dict, config: SearchConfig) -> None:
     current = config.to_dict()
-    differ = [k for k in current if k in saved and saved[k] != current[k] and k not in ("episodes", "out")]
+    differ = [k for k in current if k in saved and saved[k] != current[k] and k not in ("episodes", "out", "device")]
     if differ:
         def flag(key: str) -> str:
             return "the budget (--target-*)" if key.startswith("budget") else "--" + key.replace("_", "-")

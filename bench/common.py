@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from agents.config import SearchConfig  # noqa: E402
 from amc.data import DATASETS  # noqa: E402
-from amc.engine.measure import cpu_latencies  # noqa: E402
+from amc.engine import measure  # noqa: E402
 from amc.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
 # (key, batch size, channels-last) of every latency a benchmark reports
@@ -195,11 +195,11 @@ def write(name: str, report: dict[str, Any], lines: list[str], results: str | Pa
 
 def latencies(models: list[Any], shape: tuple[int, ...], **timing: Any) -> list[dict[str, dict[str, float]]]:
     """Per model: `latency_ms` (median CPU ms) and `speedup` over the first model, keyed by
-    `LATENCY_SETTINGS`; the models are timed as deployed, in interleaved rounds (`cpu_latencies`, which
+    `LATENCY_SETTINGS`; the models are timed as deployed, in interleaved rounds (`amc.engine.measure.latencies`, which
     takes `timing`: repeats, min_run_time)."""
     ms: list[dict[str, float]] = [{} for _ in models]
     for key, batch, channels_last in LATENCY_SETTINGS:
-        for row, value in zip(ms, cpu_latencies(models, shape, batch, channels_last=channels_last, **timing)):
+        for row, value in zip(ms, measure.latencies(models, shape, batch, channels_last=channels_last, **timing)):
             row[key] = value
     return [{"latency_ms": m, "speedup": {key: ms[0][key] / m[key] for key in m}} for m in ms]
 

@@ -1,7 +1,7 @@
 """Benchmark: how much CPU latency channel pruning can buy on this machine, against the MACs it removes.
 
 The model is pruned to uniform widths (every prunable group keeps a fraction `f` of its channels, at
-least one) and to the given policy files, then timed as deployed (`amc.engine.measure.cpu_latencies`:
+least one) and to the given policy files, then timed as deployed (`amc.engine.measure.latencies`:
 BatchNorm folded into the convs, all models in interleaved rounds) at batch 1 and 64 in both memory
 layouts. Latency does not depend on the weights, so the models are untrained. The row that keeps one
 channel per group bounds what any policy can reach: the rest of the time is in layers that channel

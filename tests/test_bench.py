@@ -100,3 +100,33 @@ def test_finetune_writes_amc_model_files(bench, tmp_path: Path, monkeypatch: pyt
     test_x = normalize(data.test.images, trained.mean, trained.std)
     assert accuracy(loaded, test_x, data.test.labels)[0] == pytest.approx(report["rows"][1]["test_accuracy"])
     assert report["rows"][1]["macs"] == pruned.save(tmp_path / "again.pt")["macs"]
+
+
+@pytest.mark.slow
+def test_the_speed_benchmarks_run_end_to_end_on_the_embedded_model(bench, tmp_path: Path) -> None:
+    """bench/search_time.py (the CLI search, timed), bench/reward_speed.py (the levers, on its run folder),
+    bench/scaling.py and bench/device.py (on the CPU here) write their reports from real work."""
+    from amc.models.zoo import digits_checkpoint
+
+    checkpoint, results = str(digits_checkpoint()), tmp_path / "results"
+    model = ["--model", "digits_cnn", "--checkpoint", checkpoint, "--dataset", "digits"]
+    bench("search_time").main([*model, "--runs", str(tmp_path / "runs"), "--extra", "--episodes 6 --warmup 3"],
+                              results)
+    report = json.loads((results / "search_time_digits_cnn_f50.json").read_text())
+    assert report["config"]["episodes"] == 6 and report["wall_seconds"] > report["episode_seconds_total"] > 0
+    assert 0.5 < report["policies"]["amc"]["test_accuracy"] <= 1
+
+    bench("reward_speed").main([*model, "--run", str(tmp_path / "runs" / "search_time-digits_cnn_f50"),
+                                "--policies", "3"], results)
+    speed = json.loads((results / "reward_speed_digits_cnn.json").read_text())
+    assert [row["policies"] for row in speed["setups"]] == [3] * 6
+    assert speed["setups"][0]["full_evaluations"] == 3 and speed["setups"][0]["max_gap_points_full"] == 0
+
+    bench("scaling").main(["--weights", str(tmp_path), "--dataset", "digits", "--configs", "digits_cnn:100",
+                           "--episodes", "3"], results)
+    assert json.loads((results / "scaling.json").read_text())["rows"][0]["reward_images"] == 100
+
+    bench("device").main([*model, "--device", "cpu", "--episodes", "3",
+                          "--warmup", "1", "--agreement", "2"], results)
+    device = json.loads((results / "device_digits_cnn_f50.json").read_text())
+    assert device["device"] == "cpu" and device["agreement"]["max_gap_points"] == 0

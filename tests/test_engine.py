@@ -18,7 +18,7 @@ from amc.data.transforms import normalize
 from amc.engine.budget import ratio_counts
 from amc.engine.cost import count_macs_params
 from amc.engine.groups import mask_copy, prune_copy
-from amc.engine.measure import cpu_latency, inference_copy
+from amc.engine.measure import inference_copy, latency
 from amc.engine.pruner import ChannelPruner
 from amc.engine.reconstruct import _patch_rows, _rows, greedy_order, recalibrate_batchnorm, refit
 from amc.errors import AmcError
@@ -405,7 +405,7 @@ def test_refit_keeping_every_column_returns_the_weights() -> None:
 
 def test_cpu_latency_in_channels_last_times_a_copy() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
-    ms = cpu_latency(model, (3, 16, 16), 2, repeats=1, min_run_time=0.01, channels_last=True)
+    ms = latency(model, (3, 16, 16), 2, repeats=1, min_run_time=0.01, channels_last=True)
     assert ms > 0
     assert model[0].weight.is_contiguous() and model.training  # the caller's model keeps its layout and mode
 

@@ -130,6 +130,9 @@ SHARED_FLAGS: dict[str, AddShared] = {
     "out": _flag("--out", metavar="FILE", help="file to write"),
     "force": _flag("--force", action="store_true", help="overwrite --out if it exists"),
     "budget": _budget_flags,
+    "device": _flag("--device", type=device_name, default="auto", metavar="DEVICE",
+                    help="where the command computes: auto (the first CUDA device if there is one, else the CPU), "
+                    "cpu, cuda or cuda:N (default %(default)s)"),
     "json": _flag("--json", action="store_true", help="print the result as one JSON object"),
     "debug": _flag("--debug", action="store_true", help="show the traceback of an error"),
 }
@@ -211,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings(), _unpickling(getattr(args, "unsafe_unpickle", False)):
         warnings.showwarning = _show_warning
         try:
+            if getattr(args, "device", None):  # before any work: an unavailable device is one line, exit 2
+                from amc.engine.device import resolve_device
+
+                args.device = str(resolve_device(args.device))
             return args.run(args)
         except AmcError as exc:
             if args.debug:

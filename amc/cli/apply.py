@@ -21,8 +21,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 @command(
     "apply", "prune a model with a policy and write the pruned-model file",
-    shared=("model", "checkpoint", "dataset", "data_dir", "input_shape", "out", "force", "seed", "val_size", "budget",
-            "selection"),
+    shared=("device", "model", "checkpoint", "dataset", "data_dir", "input_shape", "out", "force",
+            "seed", "val_size", "budget", "selection"),
     required=("model", "out"),
     arguments=_arguments,
 )
@@ -76,7 +76,8 @@ def _apply(args: argparse.Namespace) -> int:
     task = None
     if args.dataset:
         task = prepare_task(args.model, args.checkpoint, args.dataset, args.data_dir, val_size=args.val_size,
-                            seed=args.seed, reconstruct="sequential" if reconstruct else "none", selection=selection)
+                            seed=args.seed, reconstruct="sequential" if reconstruct else "none", selection=selection,
+                            device=args.device)
         trained, pruner = task.model, task.pruner
     else:
         trained = load_trained_model(args.model, args.checkpoint, input_shape=args.input_shape)

@@ -21,8 +21,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 @command(
     "baseline", "write a baseline pruning policy that meets a budget",
-    shared=("model", "checkpoint", "dataset", "data_dir", "input_shape", "out", "force", "budget", "seed", "val_size",
-            "selection"),
+    shared=("device", "model", "checkpoint", "dataset", "data_dir", "input_shape", "out", "force",
+            "budget", "seed", "val_size", "selection"),
     required=("model", "out", "budget"),
     arguments=_arguments,
 )
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         from amc.reward import prepare_task
 
         task = prepare_task(args.model, args.checkpoint, args.dataset, args.data_dir, val_size=args.val_size,
-                            seed=args.seed, selection=args.selection or "ls")
+                            seed=args.seed, selection=args.selection or "ls", device=args.device)
         found = run_baseline(args.method, task, budget, episodes=args.episodes, seed=args.seed, lbound=lbound)
         extra = {"val_accuracy": found.val_accuracy, "evaluations": found.evaluations, "seed": args.seed}
         policy = found.to_policy(task, budget, lbound=lbound, seed=args.seed)

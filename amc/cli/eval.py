@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from amc.cli import command
 
@@ -20,7 +21,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 @command(
     "eval", "accuracy, MACs, parameters and CPU latency of a model (dense, or an amc pruned-model file)",
-    shared=("model", "checkpoint", "dataset", "data_dir", "seed", "val_size"),
+    shared=("device", "model", "checkpoint", "dataset", "data_dir", "seed", "val_size"),
     required=("dataset",),
     arguments=_arguments,
 )
@@ -32,15 +33,18 @@ def run(args: argparse.Namespace) -> int:
     from amc.data.split import split_train_val
     from amc.data.transforms import normalize
     from amc.engine.cost import count_macs_params
-    from amc.engine.measure import accuracy, cpu_latency
+    from amc.engine.measure import accuracy, latency
     from amc.errors import AmcError
 
+    device = torch.device(args.device)  # resolved (and checked) by amc.cli.main
     if args.compare:
-        return _compare(args.compare, args.checkpoint, args.dataset, args.data_dir, args.channels_last, args.json)
+        return _compare(args.compare, args.checkpoint, args.dataset, args.data_dir, args.channels_last, args.json,
+                        device)
     if not args.model:
         raise AmcError("eval needs --model MODEL (or --compare DENSE PRUNED)")
     data = load_dataset(args.dataset, args.data_dir)
     trained = common.trained_model(args.model, args.checkpoint, data)
+    trained.module.to(device)
     if args.split == "test":
         images, labels = data.test.images, data.test.labels
     else:
@@ -49,12 +53,14 @@ def run(args: argparse.Namespace) -> int:
     acc, _ = accuracy(trained.module, normalize(images, trained.mean, trained.std), labels)
     macs, params = count_macs_params(trained.module, trained.input_shape)
     channels_last = _layout(args.channels_last, [trained.module], trained.input_shape)
-    latency = cpu_latency(trained.module, trained.input_shape, channels_last=channels_last)
+    ms = latency(trained.module, trained.input_shape, channels_last=channels_last, device=device)
     threads = torch.get_num_threads()
     layout = "channels-last" if channels_last else "contiguous"
+    where = f"{threads} CPU threads" if device.type == "cpu" else str(device)
     if args.json:
         common.print_json({"model": args.model, "split": args.split, "accuracy": acc, "images": len(labels),
-                           "macs": macs, "params": params, "latency_ms": latency, "threads": threads, "layout": layout})
+                           "macs": macs, "params": params, "latency_ms": ms, "device": str(device),
+                           "threads": threads, "layout": layout})
         return 0
     common.print_rows([
         ("model", args.model),
@@ -62,13 +68,13 @@ def run(args: argparse.Namespace) -> int:
         ("accuracy", f"{100 * acc:.2f}%"),
         ("MACs", f"{macs:,}"),
         ("params", f"{params:,}"),
-        ("latency", f"{latency:.3f} ms (batch 1, {threads} CPU threads, {layout} layout)"),
+        ("latency", f"{ms:.3f} ms (batch 1, {where}, {layout} layout)"),
     ])
     return 0
 
 
 def _compare(specs: list[str], checkpoint: str | None, dataset: str, data_dir: str | None, channels_last: bool,
-             as_json: bool) -> int:
+             as_json: bool, device: Any) -> int:
     """One table for a dense and a pruned model on the test split, latency as medians of repeated runs."""
     import torch
 
@@ -76,13 +82,14 @@ def _compare(specs: list[str], checkpoint: str | None, dataset: str, data_dir: s
     from amc.data.datasets import load_dataset
     from amc.data.transforms import normalize
     from amc.engine.cost import count_macs_params
-    from amc.engine.measure import accuracy, cpu_latencies
+    from amc.engine.measure import accuracy, latencies
 
     data = load_dataset(dataset, data_dir)
     threads = torch.get_num_threads()
     models, rows = [], []
     for spec, weights in zip(specs, (checkpoint, None)):
         trained = common.trained_model(spec, weights, data)
+        trained.module.to(device)
         acc, _ = accuracy(trained.module, normalize(data.test.images, trained.mean, trained.std), data.test.labels)
         macs, params = count_macs_params(trained.module, trained.input_shape)
         models.append(trained.module)
@@ -90,20 +97,21 @@ def _compare(specs: list[str], checkpoint: str | None, dataset: str, data_dir: s
     channels_last = _layout(channels_last, models, trained.input_shape)
     layout = "channels-last" if channels_last else "contiguous"
     for b in (1, 64):  # both models in each round of timing, so the machine's load hits them alike
-        for row, ms in zip(rows, cpu_latencies(models, trained.input_shape, b, channels_last=channels_last)):
+        for row, ms in zip(rows, latencies(models, trained.input_shape, b, channels_last=channels_last, device=device)):
             row[f"latency_ms_batch{b}"] = ms
     dense, pruned = rows
     speedup = {b: dense[f"latency_ms_batch{b}"] / pruned[f"latency_ms_batch{b}"] for b in (1, 64)}
     if as_json:
         common.print_json({"models": rows, "speedup_batch1": speedup[1], "speedup_batch64": speedup[64],
-                           "threads": threads, "layout": layout})
+                           "device": str(device), "threads": threads, "layout": layout})
         return 0
     print(f"{'model':<28}{'test acc':>9}{'MACs':>14}{'params':>11}{'ms @1':>9}{'ms @64':>9}")
     for r in rows:
         print(f"{Path(r['model']).name:<28}{100 * r['test_accuracy']:>8.2f}%{r['macs']:>14,}{r['params']:>11,}"
               f"{r['latency_ms_batch1']:>9.2f}{r['latency_ms_batch64']:>9.1f}")
+    where = f"CPU, {threads} threads" if device.type == "cpu" else str(device)
     print(f"speed-up: {speedup[1]:.2f}x at batch 1, {speedup[64]:.2f}x at batch 64 "
-          f"(median CPU latency, {threads} threads, {layout} layout); MACs {dense['macs'] / pruned['macs']:.2f}x fewer")
+          f"(median latency, {where}, {layout} layout); MACs {dense['macs'] / pruned['macs']:.2f}x fewer")
     return 0
 
 

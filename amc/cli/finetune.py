@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from amc.cli import COUNT, THREADS, command, device_name, number
+from amc.cli import COUNT, THREADS, command, number
 from amc.train.config import FinetuneConfig
 
 # `--export` formats; `amc.export.EXPORT_FORMATS` is the source (a test checks they agree), kept here so that
@@ -32,8 +32,6 @@ def finetune_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
     parser.add_argument("--distill-alpha", type=number(float, 0.0, 1.0), default=defaults.distill_alpha,
                         help="weight of distillation from the dense model (default %(default)s: none)")
     parser.add_argument("--threads", type=THREADS, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--device", type=device_name, default=defaults.device,
-                        help="cpu, cuda or cuda:N (default %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted fine-tuning of --out")
     parser.add_argument("--export", choices=EXPORT_FORMATS, action="append", default=[],
                         help="also write OUT.pt2 (a torch.export program, loads with plain torch), OUT.onnx, or "
@@ -78,7 +76,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 @command(
     "finetune", "fine-tune a pruned-model file (SGD, Nesterov, cosine); runs under torchrun for DDP",
-    shared=("model", "dataset", "data_dir", "out", "force", "seed", "val_size"),
+    shared=("device", "model", "dataset", "data_dir", "out", "force", "seed", "val_size"),
     required=("model", "dataset", "out"),
     arguments=_arguments,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from agents.config import ALGORITHMS, SearchConfig
-from amc.cli import COUNT, FRACTION, LBOUND, command, device_name, number
+from amc.cli import COUNT, FRACTION, LBOUND, command, number
 from envs import REWARDS
 
 
@@ -29,16 +29,13 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--race-margin", type=number(float, 0, 1), default=d.race_margin, metavar="D",
                         help="a policy goes on to all of val when its accuracy on the first N images is at most D "
                              "below the best policy's there (default %(default)s)")
-    parser.add_argument("--device", type=device_name, default=d.device,
-                        help="where the search computes: auto (CUDA if present, else CPU), cpu, cuda, cuda:N "
-                             "(default %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 @command(
     "train-agent", "search a pruning policy with the AMC agent (no arguments: the embedded digits model at 50%% FLOPs)",
-    shared=("model", "checkpoint", "dataset", "data_dir", "seed", "val_size", "budget", "selection"),
+    shared=("device", "model", "checkpoint", "dataset", "data_dir", "seed", "val_size", "budget", "selection"),
     required=(),
     arguments=_arguments,
 )

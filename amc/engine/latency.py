@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.utils.benchmark as benchmark
 
-from amc.engine.measure import cpu_latency, to_channels_last
+from amc.engine.measure import latency, to_channels_last
 from amc.engine.pruner import ChannelPruner
 
 
@@ -61,9 +61,10 @@ class LatencyTable:
     @classmethod
     def measure(cls, pruner: ChannelPruner, *, batch_size: int = 1, channels_last: bool = False, points: int = 6,
                 threads: int | None = None, min_run_time: float = 0.05) -> LatencyTable:
-        """Time every group's layers at `points` widths on the CPU (batch `batch_size`, channels-last layout
-        for image models if `channels_last`)."""
+        """Time every group's layers at `points` widths on the device of the pruner's model (batch `batch_size`,
+        channels-last layout for image models if `channels_last`)."""
         threads = threads or torch.get_num_threads()
+        device = next(pruner.model.parameters()).device
         modules = dict(pruner.model.named_modules())
         names = sorted(pruner.layers, key=lambda n: pruner.layers[n].order)
         grid, times = [], []
@@ -77,18 +78,18 @@ class LatencyTable:
                 total = 0.0
                 for name in group.layers:
                     i = names.index(name)
-                    layer = _layer_at(modules[name], int(ins[i]), int(outs[i])).eval()
+                    layer = _layer_at(modules[name], int(ins[i]), int(outs[i])).to(device).eval()
                     if isinstance(layer, nn.Linear):
-                        x = torch.randn(batch_size, layer.in_features)
+                        x = torch.randn(batch_size, layer.in_features, device=device)
                     else:
-                        x = torch.randn(batch_size, layer.in_channels, *pruner.layers[name].in_hw)
+                        x = torch.randn(batch_size, layer.in_channels, *pruner.layers[name].in_hw, device=device)
                     total += _time_ms(layer, x, threads, min_run_time, channels_last)
                 row.append(total)
             grid.append(counts)
             # timing noise must not make a wider layer look faster: the budget wall relies on monotone costs
             times.append(np.maximum.accumulate(row).tolist())
-        dense = cpu_latency(pruner.model, pruner.input_shape, batch_size, threads=threads, repeats=3,
-                            channels_last=channels_last)
+        dense = latency(pruner.model, pruner.input_shape, batch_size, threads=threads, repeats=3,
+                        channels_last=channels_last, device=device)
         return cls(grid, times, dense, batch_size, threads, channels_last)
 
     def __call__(self, keep: np.ndarray) -> np.ndarray:

@@ -92,14 +92,14 @@ def fold_batchnorm(model: nn.Module) -> torch.fx.GraphModule:
     return traced
 
 
-def inference_copy(model: nn.Module, *, channels_last: bool = False) -> nn.Module:
-    """A CPU copy of `model` in the form a deployment runs: eval mode, each BatchNorm that follows a conv
+def inference_copy(model: nn.Module, *, channels_last: bool = False, device: str | torch.device = "cpu") -> nn.Module:
+    """A copy of `model` on `device` in the form a deployment runs: eval mode, each BatchNorm that follows a conv
     folded into it (`fold_batchnorm`, where `torch.fx` can trace the model), in channels-last layout if
     `channels_last`, else contiguous.
 
     Outputs equal the model's up to float rounding; the caller's model is left as it is.
     """
-    model = copy.deepcopy(model).cpu().eval()
+    model = copy.deepcopy(model).to(device).eval()
     try:
         model = fold_batchnorm(model)
     except Exception as exc:  # models with data-dependent control flow do not trace
@@ -108,10 +108,11 @@ def inference_copy(model: nn.Module, *, channels_last: bool = False) -> nn.Modul
     return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def cpu_latencies(models: Sequence[nn.Module], input_shape: Sequence[int], batch_size: int = 1, *,
-                  threads: int | None = None, repeats: int = 7, min_run_time: float = 0.2,
-                  channels_last: bool = False) -> list[float]:
-    """Median latency in milliseconds of one forward pass of a batch, per model, on the CPU.
+def latencies(models: Sequence[nn.Module], input_shape: Sequence[int], batch_size: int = 1, *,
+              threads: int | None = None, repeats: int = 7, min_run_time: float = 0.2,
+              channels_last: bool = False, device: str | torch.device = "cpu") -> list[float]:
+    """Median latency in milliseconds of one forward pass of a batch, per model, on `device` (a CUDA device is
+    synchronised around every timed call by `torch.utils.benchmark`).
 
     Each model is timed as `inference_copy` runs it (BatchNorm folded, `channels_last` layout). The models
     are measured in `repeats` interleaved rounds, so that a change in the machine's load during the
@@ -119,14 +120,15 @@ def cpu_latencies(models: Sequence[nn.Module], input_shape: Sequence[int], batch
     `torch.utils.benchmark.Timer.blocked_autorange` over at least `min_run_time` seconds. `threads`
     defaults to torch's current setting.
     """
-    x = torch.randn(batch_size, *input_shape)
+    x = torch.randn(batch_size, *input_shape, device=device)
     if channels_last:
         if not all(accepts_channels_last(m, input_shape) for m in models):
             raise AmcError("the model does not run in channels-last layout (e.g. it flattens with x.view(...)); "
                            "time it without --channels-last")
         x = to_channels_last(x)
     num_threads = threads or torch.get_num_threads()
-    timers = [benchmark.Timer("model(x)", globals={"model": inference_copy(m, channels_last=channels_last), "x": x},
+    timers = [benchmark.Timer("model(x)", globals={"model": inference_copy(m, channels_last=channels_last, device=device),
+                                                 "x": x},
                               num_threads=num_threads) for m in models]
     with torch.no_grad():
         for timer in timers:
@@ -136,6 +138,6 @@ def cpu_latencies(models: Sequence[nn.Module], input_shape: Sequence[int], batch
     return [1000.0 * statistics.median(column) for column in zip(*samples)]
 
 
-def cpu_latency(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, **kwargs: Any) -> float:
-    """`cpu_latencies` of one model (milliseconds)."""
-    return cpu_latencies([model], input_shape, batch_size, **kwargs)[0]
+def latency(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, **kwargs: Any) -> float:
+    """`latencies` of one model (milliseconds)."""
+    return latencies([model], input_shape, batch_size, **kwargs)[0]

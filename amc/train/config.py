@@ -30,7 +30,8 @@ class FinetuneConfig:
             images at least AUGMENT_MIN_SIZE (32) pixels high; smaller ones are never augmented.
         seed: seeds the data order, the augmentation and torch's global RNG of every epoch.
         num_threads: torch CPU threads to use; None keeps torch's current setting.
-        device: "cpu", "cuda" or "cuda:N"; under torchrun each process uses cuda:LOCAL_RANK.
+        device: "auto" (the first CUDA device if there is one, else the CPU), "cpu", "cuda" or "cuda:N"; under
+            torchrun with CUDA each process uses cuda:LOCAL_RANK.
     """
 
     epochs: int = 30
@@ -45,4 +46,4 @@ class FinetuneConfig:
     augment: bool = True
     seed: int = 0
     num_threads: int | None = None
-    device: str = "cpu"
+    device: str = "auto"

@@ -126,14 +126,14 @@ def finetune(
     _check_out(out, resume, force)
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
-    device_type = torch.device(config.device).type
+    device_type = resolve_device(config.device).type
     joined_here = not (dist.is_available() and dist.is_initialized())
     rank, world_size = distributed.init_from_env("nccl" if device_type == "cuda" else "gloo")
     try:
         if device_type == "cuda" and world_size > 1:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         else:
-            device = torch.device(config.device)
+            device = resolve_device(config.device)
         return _train(model, train, val, mean, std, config, teacher, out, resume, progress, save_fn,
                       device, rank, world_size)  # fmt: skip
     finally:
