@@ -65,7 +65,8 @@ def apply_policy(source: Task | tuple[TrainedModel, ChannelPruner], policy: Poli
         trained, pruner = source
         counts = policy.counts_for(pruner)
         module = pruner.prune(pruner.kept_indices(counts), reconstruct=False)
-    kept = {name: idx.tolist() for name, idx in pruner.kept_indices(counts).items()}
+    groups = {g.name: g for g in pruner.groups}  # kept channels of the producer, as the file records them
+    kept = {name: groups[name].to_channels(idx).tolist() for name, idx in pruner.kept_indices(counts).items()}
     module = module.to(memory_format=torch.contiguous_format).eval()
     return PrunedModel(module, trained.spec, trained.num_classes, tuple(trained.input_shape), tuple(trained.mean),
                        tuple(trained.std), kept, policy.to_dict())

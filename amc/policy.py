@@ -81,7 +81,8 @@ class Policy:
             "macs_ratio": macs / dense_macs,
             "params_ratio": params / dense_params,
         }
-        groups = [GroupKeep(g.name, g.channels, int(n)) for g, n in zip(pruner.groups, counts)]
+        # in the producer's channels: a group cut into sections counts units of one channel per section
+        groups = [GroupKeep(g.name, g.width, int(n) * g.sections) for g, n in zip(pruner.groups, counts)]
         return cls(model_spec, groups, budget, predicted, {"selection": pruner.selection, **extra})
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,17 +174,23 @@ class Policy:
         index = {name: i for i, name in enumerate(pruner.names)}
         for entry in self.groups:
             group = by_name[entry.name]
-            if entry.channels != group.channels:
+            if entry.channels != group.width:
                 raise AmcError(
                     f"the policy says group {entry.name} has {entry.channels} channels but the model's has "
-                    f"{group.channels}; the policy was made for another model"
+                    f"{group.width}; the policy was made for another model"
                 )
-            if not group.min_keep <= entry.keep <= group.channels:
+            low, step = group.min_keep * group.sections, group.sections
+            if not low <= entry.keep <= group.width:
                 raise AmcError(
                     f"the policy keeps {entry.keep} channels of group {entry.name}, outside "
-                    f"[{group.min_keep}, {group.channels}]; keep between {group.min_keep} and {group.channels}"
+                    f"[{low}, {group.width}]; keep between {low} and {group.width}"
                 )
-            counts[index[entry.name]] = entry.keep
+            if entry.keep % step:
+                raise AmcError(
+                    f"the policy keeps {entry.keep} channels of group {entry.name}, which the model cuts into {step} "
+                    f"equal sections (torch.chunk); keep a multiple of {step}, e.g. {entry.keep // step * step or step}"
+                )
+            counts[index[entry.name]] = entry.keep // step
         return counts
 
 

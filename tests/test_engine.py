@@ -472,6 +472,67 @@ def test_no_group_with_a_wrong_index_map_survives(kind):
                                            mask_copy(model, [group], keep)(example), rtol=1e-4, atol=1e-4)
 
 
+class _Chunked(nn.Module):
+    """A producer cut into `sections` equal parts by torch.chunk, each read by its own conv (ShuffleNetV2 / CSP
+    style), the parts concatenated again."""
+
+    def __init__(self, sections: int) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4 * sections, 3, padding=1, bias=False)
+        self.b1 = nn.BatchNorm2d(4 * sections)
+        self.branches = nn.ModuleList(nn.Conv2d(4, 5, 3, padding=1) for _ in range(sections))
+        self.head = nn.Linear(5 * sections, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.chunk(torch.relu(self.b1(self.c1(x))), len(self.branches), dim=1)
+        x = torch.cat([torch.relu(conv(part)) for conv, part in zip(self.branches, parts)], 1)
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("sections", [2, 3])
+def test_a_chunked_producer_keeps_the_same_channels_of_every_section(sections, tmp_path):
+    """torch.chunk re-cuts the pruned tensor into equal parts, so the group's unit is one channel per section:
+    every kept set prunes like masking, policies are in the producer's channels (a multiple of the sections),
+    and the pruned-model file records and reloads the producer's kept channels."""
+    from amc.apply import apply_policy
+    from amc.engine.budget import Budget
+    from amc.models.trained import TrainedModel
+    from amc.policy import Policy
+
+    torch.manual_seed(0)
+    model = _Chunked(sections).eval()
+    x = torch.randn(4, 3, 8, 8)
+    pruner = ChannelPruner(model, (3, 8, 8), selection="l1")
+    group = next(g for g in pruner.groups if g.name == "c1")
+    assert (group.channels, group.sections, group.width) == (4, sections, 4 * sections)
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(6):
+        size = int(torch.randint(1, 4, (1,), generator=generator))
+        keep = {"c1": torch.randperm(4, generator=generator)[:size].sort().values}
+        with torch.no_grad():
+            torch.testing.assert_close(prune_copy(model, [group], keep)(x), mask_copy(model, [group], keep)(x),
+                                       rtol=1e-4, atol=1e-4)
+    entry = {"name": "c1", "channels": 4 * sections, "keep": 2 * sections}
+    policy = Policy.from_dict({"format": "amc-policy/1", "model": "m", "budget": None, "groups": [entry]})
+    assert policy.counts_for(pruner)[pruner.names.index("c1")] == 2
+    with pytest.raises(AmcError, match=f"multiple of {sections}"):
+        Policy.from_dict({"format": "amc-policy/1", "model": "m", "budget": None,
+                          "groups": [{**entry, "keep": 2 * sections + 1}]}).counts_for(pruner)
+    counts = pruner.channels.copy()
+    counts[pruner.names.index("c1")] = 3
+    assert Policy.from_counts(pruner, "m", counts, Budget("flops", 1.0)).groups[0].keep == 3 * sections
+    trained = TrainedModel(model, "m", 3, (3, 8, 8), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    pruned = apply_policy((trained, pruner), policy)
+    kept = pruned.kept["c1"]
+    assert len(kept) == 2 * sections and group.to_units(kept).tolist() == sorted({k % 4 for k in kept})
+    assert pruned.module.c1.out_channels == 2 * sections
+    with torch.no_grad():
+        torch.testing.assert_close(pruned.module(x), mask_copy(model, [group], {"c1": group.to_units(kept)})(x),
+                                   rtol=1e-4, atol=1e-4)
+    with pytest.raises(AmcError, match="same channels of each section"):
+        group.to_units([0, 1])
+
+
 class _Unusual(nn.Module):
     """Layers and call patterns a cost model can miss: non-square and dilated kernels, a Linear applied per
     token, and an attention-like product of token features."""

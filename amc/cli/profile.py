@@ -21,7 +21,8 @@ def run(args: argparse.Namespace) -> int:
     pruner = ChannelPruner(trained.module, trained.input_shape)
     macs, params = count_macs_params(trained.module, trained.input_shape)
     groups = [
-        {"name": g.name, "channels": g.channels, "macs": int(share), "min_keep": g.min_keep, "consumer": g.consumer}
+        {"name": g.name, "channels": g.width, "macs": int(share), "min_keep": g.min_keep * g.sections,
+         "sections": g.sections, "consumer": g.consumer}
         for g, share in zip(pruner.groups, pruner.cost.group_macs())
     ]
     if args.json:
@@ -30,8 +31,10 @@ def run(args: argparse.Namespace) -> int:
     width = max([len("group"), *(len(g["name"]) for g in groups)])
     print(f"{'group':<{width}}  {'channels':>8}  {'MACs %':>7}  {'min_keep':>8}  refit consumer")
     for g in groups:
+        sections = f"  (cut into {g['sections']} equal sections: keeps a multiple of {g['sections']})" \
+            if g["sections"] > 1 else ""
         print(f"{g['name']:<{width}}  {g['channels']:>8}  {100 * g['macs'] / macs:>7.2f}  {g['min_keep']:>8}  "
-              f"{g['consumer'] or '-'}")
+              f"{g['consumer'] or '-'}{sections}")
     print(f"\n{len(groups)} groups; dense model: {macs:,} MACs, {params:,} params, input {trained.input_shape}")
     print("MACs %: share of the dense MACs in the layers a group's channels come from or feed "
           "(a layer between two groups counts for both)")

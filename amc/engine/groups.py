@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from amc.engine.hooks import forward_hooks
-from amc.errors import AmcError
+from amc.errors import AmcError, first
 
 ItemKind = Literal["out", "in", "norm"]
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -93,6 +93,12 @@ class ChannelGroup:
     `channels` is the number of prunable channels; a policy keeps between `min_keep` and `channels`.
     `consumer` is the single conv/Linear reading these channels, when there is exactly one that reads
     nothing else: the layer a least-squares refit can reconstruct.
+
+    `sections` > 1 when the channels are split into that many equal sections that the model cuts apart by
+    count (`torch.chunk`, the split / shuffle blocks of ShuffleNetV2, CSP, GhostNet): every section must keep
+    as many channels as the others, so the group's unit is one channel of each section. `channels` then counts
+    units, root index u standing for channels u, u + channels, u + 2 * channels, ... of the producer; the
+    producer has `width` = channels * sections channels (`to_channels` / `to_units` convert kept indices).
     """
 
     name: str
@@ -101,6 +107,30 @@ class ChannelGroup:
     min_keep: int = 1
     consumer: str | None = None
     layers: list[str] = field(default_factory=list)
+    sections: int = 1
+
+    @property
+    def width(self) -> int:
+        """The producer's channels: `channels` * `sections`."""
+        return self.channels * self.sections
+
+    def to_channels(self, units: torch.Tensor) -> torch.Tensor:
+        """The producer's channel indices (sorted) of the kept units `units` (1-D long tensor)."""
+        units = torch.as_tensor(units, dtype=torch.long)
+        return (units[None, :] + self.channels * torch.arange(self.sections)[:, None]).reshape(-1).sort().values
+
+    def to_units(self, channels: Sequence[int]) -> torch.Tensor:
+        """The kept units of the producer's kept channel indices `channels`.
+
+        Raises:
+            AmcError: the indices are not whole units (a section keeps other channels than the rest).
+        """
+        kept = sorted({int(c) for c in channels})
+        units = torch.tensor(sorted({c % self.channels for c in kept}), dtype=torch.long)
+        if kept != self.to_channels(units).tolist() or any(not 0 <= c < self.width for c in kept):
+            raise AmcError(f"group {self.name} is cut into {self.sections} equal sections: it keeps the same channels "
+                           f"of each section, and {first(kept)} are not such a set")
+        return units
 
     def removed_by_module(self, keep: torch.Tensor) -> dict[tuple[str, ItemKind], list[int]]:
         """Indices each item loses when only root channels `keep` (1-D long tensor) are kept."""
@@ -225,12 +255,18 @@ def _build_group(
     root = tp_group[0].dep.target.module
     channels = len(tp_group[0].idxs)
     items: list[GroupItem] = []
+    sections = 1
     for tp_item in tp_group.items:
         dep, module = tp_item.dep, tp_item.dep.target.module
         if isinstance(module, nn.Parameter):
             return "it touches a bare nn.Parameter"
+        if isinstance(module, tp.ops._SplitOp) and sum(module.split_sizes or ()) == channels:
+            sizes = list(module.split_sizes)
+            if len(set(sizes)) > 1:
+                return f"it is split into sections of different sizes {sizes}"
+            sections = max(sections, len(sizes))
         if module not in names:
-            continue  # a functional op (add, cat, flatten): nothing to prune in the module tree
+            continue  # a functional op (add, cat, flatten, split): nothing to prune in the module tree
         kind = _classify(dg, module, dep.handler)
         if kind is None:
             if any(True for _ in module.parameters(recurse=False)):
@@ -249,6 +285,11 @@ def _build_group(
             consumer = c
     depthwise = any(is_depthwise(dg.model.get_submodule(it.module)) for it in items)
     touched = sorted({it.module for it in items if it.module in layers}, key=lambda n: layers[n].order)
+    if sections > 1:  # one unit = the same channel of every section (see ChannelGroup)
+        channels //= sections
+        for item in items:
+            item.root_idxs = [r % channels for r in item.root_idxs]
+        consumer = None  # several consumers read the sections
     return ChannelGroup(
         name=names[root] if root in names else producers[0],
         channels=channels,
@@ -256,6 +297,7 @@ def _build_group(
         min_keep=min(2 if depthwise else 1, channels),
         consumer=consumer,
         layers=touched,
+        sections=sections,
     )
 
 
@@ -334,7 +376,9 @@ def find_groups(
     with torch.enable_grad():
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=example[:1], verbose=False)
     groups: list[ChannelGroup] = []
+    seen: set[str] = set()  # layers whose output channels some group, kept or excluded with a warning, covers
     for tp_group in dg.get_all_groups(ignored_layers=skip, root_module_types=_LAYERS):
+        seen.update(names[it.dep.target.module] for it in tp_group.items if it.dep.target.module in names)
         built = _build_group(dg, tp_group, names, layers)
         if isinstance(built, str):
             warnings.warn(f"channel group {names.get(tp_group[0].dep.target.module)} excluded: {built}")
@@ -344,6 +388,12 @@ def find_groups(
             warnings.warn(f"channel group {built.name} excluded: {reason}")
             continue
         groups.append(built)
+    # a layer whose channels no group covers would otherwise drop out of the search without a word
+    silent = [n for n, info in layers.items() if n not in seen and n != output_layer and n not in ignored
+              and not is_depthwise(model.get_submodule(n))]
+    if silent:
+        warnings.warn(f"{len(silent)} layer(s) have no prunable channel group and keep their width: {first(silent)} "
+                      "(the dependency graph found none for them)")
     model.eval()
     groups.sort(key=lambda g: layers[g.name].order if g.name in layers else len(layers))
     return groups, layers

@@ -114,7 +114,8 @@ def save_pruned(
         "macs": int(macs),
         "params": int(params),
     }
-    atomic_torch_save({"format": PRUNED_FORMAT, **info, "state_dict": model.state_dict()}, path)
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}  # loads on any machine
+    atomic_torch_save({"format": PRUNED_FORMAT, **info, "state_dict": state}, path)
     return info
 
 
@@ -157,12 +158,12 @@ def _rebuild(path: Path, data: dict[str, Any]) -> nn.Module:
     keep: dict[str, torch.Tensor] = {}
     for name, idxs in data["kept"].items():
         group = by_name.get(name)
-        if group is None or not idxs or len(set(idxs)) != len(idxs) or not all(0 <= i < group.channels for i in idxs):
+        if group is None or not idxs or len(set(idxs)) != len(idxs) or not all(0 <= i < group.width for i in idxs):
             raise AmcError(
                 f"{path} keeps channels of group {name} that model {data['base']} does not have; "
                 "its definition changed since the file was written: prune the model again with amc apply"
             )
-        keep[name] = torch.tensor(sorted(idxs), dtype=torch.long)
+        keep[name] = group.to_units(idxs)  # the file records the producer's channels
     prune_(model, groups, keep)
     for key, value in data["state_dict"].items():
         if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
