@@ -220,8 +220,9 @@ def test_cli_baseline_apply_eval_on_digits(capsys: pytest.CaptureFixture[str], t
     evaluated = json.loads(out)
     assert evaluated["macs"] == applied["macs"] and evaluated["images"] == 360
     assert evaluated["accuracy"] == pytest.approx(applied["test_accuracy"])
-    assert set(evaluated) == {"model", "split", "accuracy", "images", "macs", "params", "latency_ms", "threads",
-                              "layout"}
+    assert set(evaluated) == {"model", "split", "accuracy", "images", "macs", "params", "latency_ms", "device",
+                              "threads", "layout"}
+    assert evaluated["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
 
     code, out, err = run(capsys, "eval", "--compare", "digits_cnn", model_path, "--dataset", "digits",
                          "--channels-last", "--json")

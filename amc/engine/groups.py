@@ -129,7 +129,7 @@ class ChannelGroup:
         units = torch.tensor(sorted({c % self.channels for c in kept}), dtype=torch.long)
         if kept != self.to_channels(units).tolist() or any(not 0 <= c < self.width for c in kept):
             raise AmcError(f"group {self.name} is cut into {self.sections} equal sections: it keeps the same channels "
-                           f"of each section, and {first(kept)} are not such a set")
+                           f"of each section, and {first([str(c) for c in kept])} are not such a set")
         return units
 
     def removed_by_module(self, keep: torch.Tensor) -> dict[tuple[str, ItemKind], list[int]]:
