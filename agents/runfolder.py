@@ -186,5 +186,6 @@ class EpisodeLog:
             return list(csv.DictReader(f))
 
     def counts(self, row: dict[str, str]) -> list[int]:
-        """The kept channels of every group in one row, in group order."""
+        """The kept channels of every group's producer in one row, in group order (a group cut into sections
+        counts every section: divide by `ChannelGroup.sections` for the pruner's counts)."""
         return [int(row[f"keep:{n}"]) for n in self.group_names]

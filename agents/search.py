@@ -108,9 +108,11 @@ class SearchRecorder:
         state.episode += 1
         seconds = time.monotonic() - self.episode_start
         state.seconds += seconds
-        self.log.append([state.episode, f"{info['reward']:.6f}", f"{info['accuracy']:.6f}", f"{info['loss']:.6f}",
-                         info["images"], info["macs"], info["params"], f"{info['cost_ratio']:.6f}", f"{seconds:.3f}",
-                         *[int(c) for c in info["counts"]]])
+        # val_accuracy as measured on the val_images it was scored on (a raced policy's reward is an estimate);
+        # kept channels of each producer, as policies record them (a chunked group counts every section)
+        self.log.append([state.episode, f"{info['reward']:.6f}", f"{info['measured_accuracy']:.6f}",
+                         f"{info['loss']:.6f}", info["images"], info["macs"], info["params"], f"{info['cost_ratio']:.6f}",
+                         f"{seconds:.3f}", *[int(c) * g.sections for c, g in zip(info["counts"], self.task.pruner.groups)]])
         if info["reward"] > state.best_reward:
             state.best_reward = info["reward"]
             state.best = _policy(self.task, self.config, info["counts"], method="amc", episode=state.episode,
@@ -287,6 +289,8 @@ def policy_from_agent(agent_zip: str | Path, task: Task, budget: Budget) -> tupl
     agent = make_agent(saved.algo, env, env.n_groups, warmup_episodes=saved.warmup, seed=saved.seed, device="cpu")
     try:
         agent.set_parameters(str(agent_zip), exact_match=True, device="cpu")
+        if not all(torch.isfinite(p).all() for p in agent.policy.parameters()):
+            raise ValueError("its network holds NaN or Inf weights")
     except Exception as exc:
         raise AmcError(f"cannot load agent {agent_zip} ({one_line(exc)[:200]}); "
                        "pass an agent.zip written by amc train-agent") from None

@@ -36,11 +36,13 @@ Reconstruction = Literal["sequential", "gram", "none"]
 @dataclass
 class Evaluation:
     """Fast evaluation of one policy: val accuracy in [0, 1], mean cross-entropy, and the number of val images
-    it was measured on (all of them, or fewer when a `RacingReward` stopped early)."""
+    it was measured on (all of them, or fewer when a `RacingReward` stopped early: then `accuracy` is the race's
+    estimate of the accuracy on all of val and `measured` the accuracy on the images it saw)."""
 
     accuracy: float
     loss: float
     images: int = 0
+    measured: float | None = None
 
 
 class RewardEvaluator:
@@ -152,7 +154,7 @@ class RacingReward:
         accuracy = correct / first
         if self.leader is not None and accuracy < self.leader[0] - self.margin:
             release_free_memory()
-            return Evaluation(self.leader[1] + accuracy - self.leader[0], loss / first, first)
+            return Evaluation(self.leader[1] + accuracy - self.leader[0], loss / first, first, accuracy)
         rest_correct, rest_loss = self.evaluator.score(model, first, n)
         release_free_memory()
         self.full += 1

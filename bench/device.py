@@ -88,11 +88,10 @@ def main(argv: list[str] | None = None, results: str | Path | None = None) -> No
         seconds = [float(r["seconds"]) for r in log]
 
         # the same channel counts on the CPU
-        names = task.pruner.names
         picks = [result.best.counts_for(task.pruner), result.uniform.counts_for(task.pruner)]
         rng = np.random.default_rng(args.seed)
         for i in rng.choice(len(log), size=min(args.agreement, len(log)), replace=False):
-            picks.append(np.array([int(log[i][f"keep:{n}"]) for n in names]))
+            picks.append(np.array([int(log[i][f"keep:{g.name}"]) // g.sections for g in task.pruner.groups]))
         on_device = [task.evaluator(c).accuracy for c in picks]
         device_name = str(task.evaluator.device)
         cpu_task = prepare_task(**config.task_settings(), device="cpu")

@@ -34,10 +34,9 @@ def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) ->
     parser.add_argument("--policies", type=int, default=12, help="policies scored per set-up (default %(default)s)")
     args = common.parse_args(parser, argv)
     task = common.task_from_args(args, device="cpu")
-    names = task.pruner.names
     rows = list(csv.DictReader((Path(args.run) / "episodes.csv").read_text().splitlines()))
     picks = np.linspace(0, len(rows) - 1, min(args.policies, len(rows))).round().astype(int)
-    policies = [np.array([int(rows[i][f"keep:{n}"]) for n in names]) for i in picks]
+    policies = [np.array([int(rows[i][f"keep:{g.name}"]) // g.sections for g in task.pruner.groups]) for i in picks]
     base = task.evaluator
     n = len(base.val_y)
 

@@ -199,6 +199,7 @@ class ChannelPruningEnv(gym.Env):
             "accuracy": result.accuracy,
             "loss": result.loss,
             "images": result.images,
+            "measured_accuracy": result.accuracy if result.measured is None else result.measured,
             "reward": reward,
         }
         return float(reward), True, False, info

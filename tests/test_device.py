@@ -115,6 +115,8 @@ def test_racing_scores_promising_policies_on_all_of_val_and_never_crowns_an_esti
         else:
             assert result.images == 100
             assert result.accuracy < racing.leader[1] - 0.01
+            model = evaluator.inference_model(counts)  # what the log's val_accuracy shows: measured, not estimated
+            assert result.measured == evaluator.score(model, 0, 100)[0] / 100
         assert racing.leader[1] == best
     assert 0 < racing.full < racing.total == 24
 

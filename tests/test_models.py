@@ -254,6 +254,33 @@ def test_a_pickled_whole_model_loads_only_when_asked_in_so_many_words(tmp_path: 
         read_checkpoint(whole)
 
 
+def test_unpickling_a_model_whose_class_is_not_importable_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    """The class of a pickled model lives in the user's module: it imports from the working folder (where
+    torch.save ran), and from anywhere else the refusal says how to make it importable."""
+    import importlib
+    import sys
+
+    from conftest import assert_one_line
+
+    from amc.models.checkpoint import unsafe_unpickling
+
+    (tmp_path / "usernet.py").write_text("import torch.nn as nn\n\nclass UserNet(nn.Sequential):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("usernet")
+    torch.save(module.UserNet(nn.Linear(3, 2)), tmp_path / "whole.pt")
+    sys.modules.pop("usernet")
+    sys.path.remove(str(tmp_path))
+    monkeypatch.chdir(tmp_path.parent)
+    with unsafe_unpickling(), pytest.raises(AmcError) as excinfo:
+        read_checkpoint(tmp_path / "whole.pt")
+    assert_one_line(excinfo.value, "could not be unpickled", "PYTHONPATH")
+    monkeypatch.chdir(tmp_path)
+    with unsafe_unpickling():
+        state, _ = read_checkpoint(tmp_path / "whole.pt")
+    sys.modules.pop("usernet", None)
+    assert set(state) == {"0.weight", "0.bias"}
+
+
 class _Exploit:
     """Pickles as a call that creates a file: what a malicious checkpoint would do."""
 

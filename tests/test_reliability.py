@@ -3,6 +3,7 @@ run folders, outputs that cannot be written, models that do not fit their data, 
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -459,6 +460,22 @@ def test_an_agent_archive_is_read_without_unpickling(digits_task, finished, tmp_
     from agents.ddpg import AGENTS
     AGENTS["ddpg"].load(run / "agent.zip", device="cpu")  # the unsafe path this avoids
     assert marker.exists()
+
+    weights = torch.load(io.BytesIO(entries["policy.pth"]), weights_only=True)
+    entries["policy.pth"] = _saved({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                                    for k, v in weights.items()})
+    with zipfile.ZipFile(run / "agent.zip", "w") as z:
+        for name, content in entries.items():
+            z.writestr(name, content)
+    with pytest.raises(AmcError) as excinfo:
+        policy_from_agent(run / "agent.zip", digits_task, Budget("flops", 0.5))
+    assert_one_line(excinfo.value, "NaN or Inf weights")
+
+
+def _saved(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def test_an_agent_whose_run_config_is_damaged_is_one_line(digits_task, finished, tmp_path):

@@ -99,6 +99,11 @@ def _budget_flags(parser: argparse.ArgumentParser, required: bool) -> None:
 def _checkpoint_flags(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--checkpoint", required=required, metavar="FILE",
                         help="trained weights of the dense model (torch file)")
+    unsafe_unpickle_flag(parser)
+
+
+def unsafe_unpickle_flag(parser: argparse.ArgumentParser) -> None:
+    """`--unsafe-unpickle`, for every command that reads a checkpoint."""
     parser.add_argument("--unsafe-unpickle", action="store_true",
                         help="also load checkpoints holding pickled Python objects (a whole model); unpickling RUNS "
                         "ANY CODE the file holds: only for files you made yourself")

@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from amc.cli import COUNT, THREADS, command, number
+from amc.cli import COUNT, THREADS, command, number, unsafe_unpickle_flag
 from amc.train.config import FinetuneConfig
 
 # `--export` formats; `amc.export.EXPORT_FORMATS` is the source (a test checks they agree), kept here so that
@@ -72,6 +72,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     finetune_arguments(parser, epochs=FinetuneConfig.epochs)
     parser.add_argument("--teacher", metavar="MODEL", help="dense model to distill from (with --distill-alpha)")
     parser.add_argument("--teacher-checkpoint", metavar="FILE", help="the teacher's weights")
+    unsafe_unpickle_flag(parser)
 
 
 @command(

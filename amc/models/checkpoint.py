@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -12,7 +13,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from amc.errors import AmcError, first
+from amc.errors import AmcError, first, one_line
 
 # Keys under which common training scripts nest the state dict, tried in order.
 _STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")
@@ -95,14 +96,11 @@ def _torch_load(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        if "Unsupported global" in str(exc):  # the safe loader met a class or function to import
+        # the safe loader met a class or function to import ("Unsupported global", "unsupported GLOBAL ...")
+        if "unsupported global" in str(exc).lower():
             # Never unpickled unless asked in so many words: unpickling runs any code the file's author chose.
             if _UNSAFE_UNPICKLE.get():
-                try:
-                    return torch.load(path, map_location="cpu", weights_only=False)
-                except Exception as unsafe:
-                    raise AmcError(f"checkpoint {path} could not be unpickled ({first(unsafe)}); make the module "
-                                   "that defines its classes importable (run amc from its folder)") from None
+                return _unpickle(path)
             raise AmcError(
                 f"checkpoint {path} holds pickled Python objects (a whole model or custom classes), which amc does "
                 "not load because unpickling can run code; save the weights with torch.save(model.state_dict(), "
@@ -111,6 +109,19 @@ def _torch_load(path: Path) -> object:
         raise AmcError(
             f"checkpoint {path} is not a readable torch file ({type(exc).__name__}); give a file written by torch.save"
         ) from None
+
+
+def _unpickle(path: Path) -> object:
+    """torch.load with `weights_only=False`, the working folder importable (where `torch.save` usually ran)."""
+    here = str(Path.cwd())
+    sys.path.insert(0, here)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise AmcError(f"checkpoint {path} could not be unpickled ({one_line(exc)[:150]}); put the module that "
+                       "defines its classes on PYTHONPATH or run amc from its folder") from None
+    finally:
+        sys.path.remove(here)
 
 
 def _split(obj: object, path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
