@@ -26,6 +26,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     arguments=_arguments,
 )
 def run(args: argparse.Namespace) -> int:
+    import warnings
+
     import torch
 
     from amc.cli import common
@@ -43,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.model:
         raise AmcError("eval needs --model MODEL (or --compare DENSE PRUNED)")
     data = load_dataset(args.dataset, args.data_dir)
+    if args.checkpoint is None and not common.is_model_file(args.model):
+        warnings.warn(f"no --checkpoint: evaluating the untrained model {args.model} (its initialisation with seed 0)")
     trained = common.trained_model(args.model, args.checkpoint, data)
     trained.module.to(device)
     if args.split == "test":
