@@ -16,14 +16,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from amc.data.datasets import Dataset, load_dataset
 from amc.data.split import split_train_val
 from amc.data.transforms import normalize
 from amc.engine import Selection
 from amc.engine.device import fast_dtype, resolve_device
-from amc.engine.measure import accepts_channels_last, accuracy, fold_batchnorm, to_channels_last
+from amc.engine.measure import accepts_channels_last, accuracy, correct_and_loss, fold_batchnorm, to_channels_last
 from amc.engine.memory import release_free_memory
 from amc.engine.pruner import ChannelPruner
 from amc.engine.reconstruct import Target, collect_targets, recalibrate_batchnorm, refit_sequentially
@@ -105,20 +104,10 @@ class RewardEvaluator:
                 self._foldable = False
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
-    @torch.no_grad()
     def score(self, model: nn.Module, start: int = 0, stop: int | None = None) -> tuple[int, float]:
         """Correct predictions and summed cross-entropy of `model` on val images [start, stop), in `dtype`."""
-        model.eval()
-        correct, loss = 0, 0.0
-        stop = len(self.val_y) if stop is None else stop
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            for first in range(start, stop, 500):
-                last = min(first + 500, stop)
-                logits = model(self.val_x[first:last]).float()
-                target = self.val_y[first:last]
-                correct += int((logits.argmax(1) == target).sum())
-                loss += float(F.cross_entropy(logits, target, reduction="sum"))
-        return correct, loss
+            return correct_and_loss(model, self.val_x[start:stop], self.val_y[start:stop])
 
     def __call__(self, counts: np.ndarray) -> Evaluation:
         correct, loss = self.score(self.inference_model(counts))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -69,7 +70,9 @@ def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) ->
     seconds = [float(r["seconds"]) for r in log]
     full = [float(r["seconds"]) for r in log if int(r["val_images"]) == n]
     early = [float(r["seconds"]) for r in log if int(r["val_images"]) < n]
-    report = common.summary(f"search_time_{tag}", args, model=args.model, command_line=" ".join(argv_cli[2:]),
+    # the command as the results show it: the checkpoint relative to the repository, not this machine's path
+    shown = [os.path.relpath(a, common.ROOT) if a == args.checkpoint else a for a in argv_cli[3:]]
+    report = common.summary(f"search_time_{tag}", args, model=args.model, command_line="amc " + " ".join(shown),
                             config=json.loads((out / "config.json").read_text()), wall_seconds=wall,
                             episode_seconds_total=sum(seconds), setup_and_rest_seconds=wall - sum(seconds),
                             median_episode_seconds=statistics.median(seconds), full_evaluations=len(full),
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) ->
                             median_early_episode_seconds=statistics.median(early) if early else None,
                             peak_rss_mb=peak_mb, reward_images=n, policies=rows)
     lines = [f"# The default search, timed as a user runs it: {args.model} at {round(100 * args.target_flops)}% FLOPs",
-             "", common.header(report), f"`amc {' '.join(argv_cli[3:])}` (every other setting at its default).", "",
+             "", common.header(report), f"`amc {' '.join(shown)}` (every other setting at its default).", "",
              "| wall clock (min) | episodes | scored on all {n} val images | median episode (s) | peak RSS (MB) | "
              "uniform test (%) | amc test (%) | amc val (%) |".replace("{n}", str(n)),
              "|---|---|---|---|---|---|---|---|",

@@ -47,6 +47,15 @@ def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch
     `inputs` are normalized float images [N, C, H, W]; `labels` int64 [N]; each batch is moved to the model's
     device.
     """
+    correct, loss = correct_and_loss(model, inputs, labels, batch_size)
+    return correct / len(inputs), loss / len(inputs)
+
+
+@torch.no_grad()
+def correct_and_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+                     batch_size: int = 500) -> tuple[int, float]:
+    """The number of correct top-1 predictions of `model` (in eval mode) and its summed cross-entropy (float32
+    even under `torch.autocast`), as `accuracy` measures them; sums add up over parts of a split."""
     model.eval()
     device = next(iter(model.parameters()), torch.zeros(0)).device
     correct, loss = 0, 0.0
@@ -54,8 +63,8 @@ def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch
         logits = model(inputs[start : start + batch_size].to(device))
         target = labels[start : start + batch_size].to(device)
         correct += int((logits.argmax(1) == target).sum())
-        loss += float(F.cross_entropy(logits, target, reduction="sum"))
-    return correct / len(inputs), loss / len(inputs)
+        loss += float(F.cross_entropy(logits, target, reduction="sum"))  # autocast runs it in float32
+    return correct, loss
 
 
 _CONV_BN = ((nn.Conv1d, nn.BatchNorm1d), (nn.Conv2d, nn.BatchNorm2d), (nn.Conv3d, nn.BatchNorm3d))

@@ -104,7 +104,8 @@ def refit(weight: torch.Tensor, gram: torch.Tensor, keep_cols: torch.Tensor) -> 
     the kept columns are returned (plain channel selection), never NaN.
     """
     w = weight.double()
-    g_ss = _ridged(gram[keep_cols][:, keep_cols])
+    gram_ss = gram[keep_cols][:, keep_cols]
+    g_ss = _ridged(gram_ss)
     rhs = gram[keep_cols] @ w.T  # [S, O]
     # G + ridge*I is symmetric positive definite: Cholesky solves it about twice as fast as LU
     factor, info = torch.linalg.cholesky_ex(g_ss)
@@ -112,13 +113,9 @@ def refit(weight: torch.Tensor, gram: torch.Tensor, keep_cols: torch.Tensor) -> 
         solved = torch.cholesky_solve(rhs, factor)
     else:  # numerically indefinite even with the ridge
         solved = torch.linalg.lstsq(g_ss, rhs).solution
-    selected = w[:, keep_cols]
-    if not torch.isfinite(solved).all():
-        return weight[:, keep_cols].clone()
     # the ridge biases the solve: where plain selection already reproduces the layer (e.g. only dead channels
     # were removed) the re-fit may be the worse of the two, and a re-fit must never add error
-    gram_ss = gram[keep_cols][:, keep_cols]
-    if _fit_error(solved.T, gram_ss, rhs) > _fit_error(selected, gram_ss, rhs):
+    if not torch.isfinite(solved).all() or _fit_error(solved.T, gram_ss, rhs) > _fit_error(w[:, keep_cols], gram_ss, rhs):
         return weight[:, keep_cols].clone()
     return solved.T.to(weight.dtype)
 
