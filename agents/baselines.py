@@ -3,8 +3,9 @@ SPDY-style dynamic programming.
 
 Every baseline returns kept channel counts that meet the budget the way the agent's do (cost <= budget,
 and, except `uniform`, using it up until no group can keep one more channel), scored by the same fast
-evaluation (select, re-fit, re-estimate BatchNorm, val accuracy), and reports how many fast evaluations
-it used: the agent uses one per episode.
+evaluation (select, re-fit, re-estimate BatchNorm, val accuracy, and the selection-split accuracy when the task
+has that split), and reports how many fast evaluations it used: the agent uses one per episode. Random search
+picks the best of many, so it ends with the agent's final selection (`agents.selection`).
 
 `sensitivity` and `dp` rank groups from one `sensitivity_table` (val accuracy and loss with one group
 pruned at a time); pass the same table to both to measure it once.
@@ -20,6 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from agents.config import SearchConfig
+from agents.selection import DEFAULT_TOP, FinalSelection, has_selection_split, select_final
 from amc.engine.budget import Budget, CostFn, check_reachable, cost_function, ratio_counts, uniform_counts
 from amc.errors import AmcError
 from amc.policy import Policy
@@ -33,7 +35,8 @@ DEFAULT_BINS = 1000
 @dataclass
 class BaselineResult:
     """A baseline's policy: kept channels per group `counts` [G], their val accuracy in [0, 1] and mean
-    cross-entropy, the number of fast evaluations spent finding it, and wall-clock seconds."""
+    cross-entropy, the number of fast evaluations spent finding it, wall-clock seconds, the accuracy on the
+    selection split (None when the task has none) and, for random search, its final selection."""
 
     method: str
     counts: np.ndarray
@@ -41,9 +44,14 @@ class BaselineResult:
     val_loss: float
     evaluations: int
     seconds: float
+    select_accuracy: float | None = None
+    selection: FinalSelection | None = None
 
     def to_policy(self, task: Task, budget: Budget, **extra: Any) -> Policy:
-        """The amc policy of these counts, with method, val accuracy, evaluations and `extra` as extra fields."""
+        """The amc policy of these counts, with method, val (and selection-split) accuracy, evaluations and
+        `extra` as extra fields."""
+        if self.select_accuracy is not None:
+            extra = {**extra, "select_accuracy": self.select_accuracy}
         return Policy.from_counts(task.pruner, task.model.spec, self.counts, budget, method=self.method,
                                   **extra, val_accuracy=self.val_accuracy, evaluations=self.evaluations)
 
@@ -84,8 +92,12 @@ def _grid(ratios: Sequence[float]) -> tuple[float, ...]:
 
 
 def _evaluate(task: Task, counts: np.ndarray, method: str, evaluations: int, started: float) -> BaselineResult:
-    result = task.evaluator(counts)
-    return BaselineResult(method, counts, result.accuracy, result.loss, evaluations, time.monotonic() - started)
+    if not has_selection_split(task.evaluator):
+        result = task.evaluator(counts)
+        return BaselineResult(method, counts, result.accuracy, result.loss, evaluations, time.monotonic() - started)
+    val, select = task.evaluator.rescore(counts)
+    return BaselineResult(method, counts, val.accuracy, val.loss, evaluations, time.monotonic() - started,
+                          select.accuracy)
 
 
 def uniform(task: Task, budget: Budget, lbound: float = 0.0) -> BaselineResult:
@@ -96,9 +108,12 @@ def uniform(task: Task, budget: Budget, lbound: float = 0.0) -> BaselineResult:
 
 
 def random_search(task: Task, budget: Budget, episodes: int, seed: int, reward: str = "acc",
-                  lbound: float = SearchConfig.lbound, rbound: float = SearchConfig.rbound) -> BaselineResult:
+                  lbound: float = SearchConfig.lbound, rbound: float = SearchConfig.rbound,
+                  select_top: int = DEFAULT_TOP) -> BaselineResult:
     """`episodes` episodes of uniformly random actions through the agent's own environment (same action
-    wall, same reward); the episode with the highest reward wins. One evaluation per episode."""
+    wall, same reward). The final policy is chosen as the agent's (`agents.selection.select_final`): the most
+    accurate on the selection split of the `select_top` best distinct rewards (without a selection split: the
+    best reward). One evaluation per episode, plus `select_top` for the final selection."""
     started = time.monotonic()
     _budget_target(task, budget, lbound)
     if reward == "latency":
@@ -108,15 +123,23 @@ def random_search(task: Task, budget: Budget, episodes: int, seed: int, reward: 
     env = ChannelPruningEnv(task.pruner, task.evaluator, budget, reward=reward, lbound=lbound, rbound=rbound)
     rng = np.random.default_rng(seed)
     best: dict = {"reward": -math.inf}
-    for _ in range(episodes):
+    scored = []
+    for episode in range(1, episodes + 1):
         env.reset()
         terminated = False
         while not terminated:
             _, _, terminated, _, info = env.step(rng.uniform(0.0, 1.0, size=1))
+        scored.append((np.array(info["counts"], dtype=np.int64), info["reward"], episode))
         if info["reward"] > best["reward"]:
             best = info
-    return BaselineResult("random", np.array(best["counts"], dtype=np.int64), best["accuracy"], best["loss"],
-                          episodes, time.monotonic() - started)
+    selection = select_final(task.evaluator, scored, select_top)
+    if selection is None:
+        return BaselineResult("random", np.array(best["counts"], dtype=np.int64), best["accuracy"], best["loss"],
+                              episodes, time.monotonic() - started)
+    chosen = selection.best
+    return BaselineResult("random", np.array(chosen.counts, dtype=np.int64), chosen.val_accuracy, chosen.val_loss,
+                          episodes + len(selection.candidates), time.monotonic() - started, chosen.select_accuracy,
+                          selection)
 
 
 def sensitivity_table(task: Task, ratios: Sequence[float] = DEFAULT_RATIOS,

@@ -52,6 +52,14 @@ class SearchConfig:
     """first episodes with uniformly random actions; the agent trains after them"""
     val_size: int | None = None
     """TRAIN images held out as the reward split `val` (None: a fifth, at most 5,000)"""
+    reward_data: str | None = None
+    """a folder of the user's own validation images in class folders: rewards and the selection split come from
+    it instead of held-out TRAIN images (val_size must then be None)"""
+    select_size: int = 1000
+    """images of the selection split, on which the final policy is chosen among the best candidates (TRAIN
+    images outside val, calibration and re-fit; or from reward_data); 0: the best reward wins"""
+    select_top: int = 8
+    """distinct policies with the best rewards scored on the selection split at the end of a search"""
     seed: int = 0
     """seed of the split, the calibration sample and the agent"""
     algo: str = "ddpg"
@@ -103,6 +111,14 @@ class SearchConfig:
             raise AmcError(f"--latency-batch {self.latency_batch} is not a batch size; pass e.g. --latency-batch 64")
         if not (isinstance(self.race_images, int) and self.race_images >= 0):
             raise AmcError(f"--race-images {self.race_images} must be a count of images (0 turns racing off)")
+        if not (isinstance(self.select_size, int) and self.select_size >= 0):
+            raise AmcError(f"--select-size {self.select_size} must be a count of images (0: no final selection)")
+        if not (isinstance(self.select_top, int) and self.select_top >= 1):
+            raise AmcError(f"--select-top {self.select_top} must be at least 1 (--select-size 0 turns the final "
+                           "selection off)")
+        if self.reward_data is not None and self.val_size is not None:
+            raise AmcError("--val-size holds TRAIN images out for the rewards, but --reward-data supplies them: "
+                           "drop --val-size")
         if not (0 <= self.race_margin <= 1):
             raise AmcError(f"--race-margin {self.race_margin} must be an accuracy difference in [0, 1], e.g. 0.01")
         self.budget()  # checks kind and ratio
@@ -114,7 +130,7 @@ class SearchConfig:
         """The arguments of `amc.reward.prepare_task` this config implies (compared with `Task.settings`)."""
         return dict(model=self.model, checkpoint=self.checkpoint, dataset=self.dataset, data_dir=self.data_dir,
                     val_size=self.val_size, seed=self.seed, calib_size=self.calib_size, refit_size=self.refit_size,
-                    selection=self.selection)
+                    selection=self.selection, select_size=self.select_size, reward_data=self.reward_data)
 
     def prepare_task(self) -> Any:
         """The `amc.reward.Task` this config searches: model, data, analysis and the reward evaluation."""
@@ -148,6 +164,8 @@ class SearchConfig:
         names = {f.name for f in fields(cls)}
         if "bn_size" in saved and "refit_size" not in saved:  # the field's earlier name
             saved = {**saved, "refit_size": saved["bn_size"]}
+        if "select_size" not in saved:  # a run of amc before the final selection: resume it as it ran
+            saved = {**saved, "select_size": 0}
         return cls(**{k: v for k, v in saved.items() if k in names})
 
     @classmethod

@@ -30,7 +30,8 @@ from amc.fileio import atomic_write_bytes, atomic_write_text, check_writable, ex
 RESULT_FILES = ("episodes.csv", "best_policy.json", "checkpoint", "agent.zip")
 # Everything a search writes in its run folder: `--force` removes these and nothing else.
 OWN_FILES = ("config.json", "episodes.csv", "best_policy.json", "agent.zip", "agent.tmp.zip", "checkpoint",
-             "checkpoint.old", "checkpoint.tmp", "latency.json", "rewards.png", "best_policy.png", ".lock")
+             "checkpoint.old", "checkpoint.tmp", "latency.json", "rewards.png", "best_policy.png", "final_selection.json",
+             ".lock")
 
 
 class RunFolder:

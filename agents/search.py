@@ -1,6 +1,7 @@
 """`amc train-agent`: an AMC search from start to finish, written to a run folder (`agents.runfolder`),
 resumable: a killed search resumes from `checkpoint/` with `--resume`; the episode log is cut back to the
-checkpoint and the episodes after it are run again.
+checkpoint and the episodes after it are run again. At the end the final policy is chosen among the best
+candidates of the episode log on the selection split (`agents.selection`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from agents.callbacks import EpisodeRecorderCallback, RewardRelabelCallback
 from agents.config import SearchConfig
 from agents.ddpg import make_agent
 from agents.runfolder import EpisodeLog, RunFolder
+from agents.selection import FinalSelection, select_final
 from amc.engine.budget import Budget, uniform_counts
 from amc.engine.device import resolve_device
 from amc.engine.latency import LatencyTable
@@ -49,14 +51,17 @@ class SearchState:
 
 @dataclass
 class SearchResult:
-    """A finished search: its folder, best and uniform policies (with `val_accuracy` among their extra
-    fields), episodes, and the seconds spent in episodes over all its sessions."""
+    """A finished search: its folder, final and uniform policies (with `val_accuracy`, and `select_accuracy` when
+    the task has a selection split, among their extra fields), episodes, the seconds spent in episodes over all
+    its sessions, and the final selection (None without a selection split: the final policy is then the one
+    with the best reward)."""
 
     run_dir: Path
     best: Policy
     uniform: Policy
     episodes: int
     seconds: float
+    selection: FinalSelection | None = None
 
 
 def _capture_rng(agent: Any) -> dict[str, Any]:
@@ -248,12 +253,42 @@ def _search(config: SearchConfig, run: RunFolder, task: Task, resume: bool, prog
     recorder.checkpoint()
     atomic_copy(run.ckpt / "agent.zip", run.path / "agent.zip")
 
+    rows = log.read()
+    final, selection = _final_selection(task, config, rows, state.best)
+    final.save(run.path / "best_policy.json")
     flat = uniform_counts(task.pruner, env.cost, env.target)
-    uniform = _policy(task, config, flat.tolist(), method="uniform", val_accuracy=task.evaluator(flat).accuracy)
+    uniform = _policy(task, config, flat.tolist(), method="uniform", **_accuracies(task, flat))
     from agents.plots import plot_run  # matplotlib is slow to import; only needed at the end
 
-    plot_run(log.read(), state.best.to_dict(), task.pruner.names, run.path)
-    return SearchResult(run.path, state.best, uniform, state.episode, state.seconds)
+    plot_run(rows, final.to_dict(), task.pruner.names, run.path)
+    return SearchResult(run.path, final, uniform, state.episode, state.seconds, selection)
+
+
+def _accuracies(task: Task, counts: np.ndarray) -> dict[str, float]:
+    """`val_accuracy` of `counts` on all of val, and `select_accuracy` when the task has a selection split."""
+    if task.evaluator.select_y is None:
+        return {"val_accuracy": task.evaluator(counts).accuracy}
+    val, select = task.evaluator.rescore(counts)
+    return {"val_accuracy": val.accuracy, "select_accuracy": select.accuracy}
+
+
+def _final_selection(task: Task, config: SearchConfig, rows: list[dict[str, str]],
+                     by_reward: Policy) -> tuple[Policy, FinalSelection | None]:
+    """The final policy: the most accurate on the selection split of the `config.select_top` best distinct
+    policies of the episode log (written to `final_selection.json`), or the best reward's without a selection
+    split."""
+    sections = np.array([g.sections for g in task.pruner.groups])
+    log = EpisodeLog(Path(config.out) / "episodes.csv", task.pruner.names)
+    scored = ((np.array(log.counts(row)) // sections, float(row["reward"]), int(row["episode"])) for row in rows)
+    selection = select_final(task.evaluator, scored, config.select_top)
+    if selection is None:
+        return by_reward, None
+    atomic_write_json(Path(config.out) / "final_selection.json", selection.to_dict())
+    best = selection.best
+    final = _policy(task, config, best.counts, method="amc", episode=best.episode, reward=best.reward,
+                    val_accuracy=best.val_accuracy, select_accuracy=best.select_accuracy, select_gap=selection.gap,
+                    candidates=len(selection.candidates), seed=config.seed)
+    return final, selection
 
 
 def latency_table(task: Task, folder: Path, batch_size: int = 1, channels_last: bool = False) -> LatencyTable:

@@ -4,7 +4,9 @@
 `val` part (search rewards are measured on `val`, never on `test`), builds the `ChannelPruner`,
 collects reconstruction statistics on calibration images from the training part, and returns a
 `RewardEvaluator` that scores channel counts: select channels, re-fit (sequentially, on the pruned
-network's own inputs), re-estimate BatchNorm, measure accuracy on `val`.
+network's own inputs), re-estimate BatchNorm, measure accuracy on `val`. A second held-out set, the selection
+split, is kept apart from `val`: a search chooses its final policy among its best candidates there
+(`agents.selection`), so the choice is not biased by the noise of the rewards that made them candidates.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from amc.data.datasets import Dataset, load_dataset
+from amc.data.datasets import Dataset, ImageSet, load_dataset, load_labelled_folder
 from amc.data.split import split_train_val
 from amc.data.transforms import normalize
 from amc.engine import Selection
@@ -60,11 +62,14 @@ class RewardEvaluator:
     channels-last when the model accepts it, in `dtype` (default `amc.engine.device.fast_dtype`: bfloat16 where
     the hardware computes it natively, else float32; the re-fit and BatchNorm statistics stay float32). The val
     images are held in a seeded random order, so any prefix of them is a uniform sample (`RacingReward`).
+    `select_x` [M, C, H, W] and `select_y` [M] are the selection split (normalized; None: none), scored only by
+    `rescore`.
     """
 
     def __init__(self, pruner: ChannelPruner, val_x: torch.Tensor, val_y: torch.Tensor, *,
                  refit_x: torch.Tensor | None = None, reconstruct: Reconstruction = "sequential",
-                 positions: int = 64, seed: int = 0, dtype: torch.dtype | None = None) -> None:
+                 positions: int = 64, seed: int = 0, dtype: torch.dtype | None = None,
+                 select_x: torch.Tensor | None = None, select_y: torch.Tensor | None = None) -> None:
         if reconstruct == "sequential" and refit_x is None:
             raise ValueError("the sequential re-fit needs calibration images (refit_x)")
         self.pruner, self.reconstruct = pruner, reconstruct
@@ -76,6 +81,8 @@ class RewardEvaluator:
         order = torch.randperm(len(val_x), generator=torch.Generator().manual_seed(seed))
         self.val_x, self.val_y = layout(val_x[order].to(self.device)), val_y[order].to(self.device)
         self.refit_x = None if refit_x is None else layout(refit_x.to(self.device))
+        self.select_x = None if select_x is None else layout(select_x.to(self.device))
+        self.select_y = None if select_y is None else select_y.to(self.device)
         self.targets: dict[str, Target] = {}
         if reconstruct == "sequential":
             self.targets = collect_targets(pruner.model, pruner.consumers, self.refit_x, positions=positions, seed=seed)
@@ -106,8 +113,27 @@ class RewardEvaluator:
 
     def score(self, model: nn.Module, start: int = 0, stop: int | None = None) -> tuple[int, float]:
         """Correct predictions and summed cross-entropy of `model` on val images [start, stop), in `dtype`."""
+        return self._score(model, self.val_x[start:stop], self.val_y[start:stop])
+
+    def _score(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[int, float]:
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            return correct_and_loss(model, self.val_x[start:stop], self.val_y[start:stop])
+            return correct_and_loss(model, x, y)
+
+    def rescore(self, counts: np.ndarray) -> tuple[Evaluation, Evaluation]:
+        """The policy `counts` [G] scored on all of val and on the selection split, from one pruned model.
+
+        Raises:
+            ValueError: the evaluator has no selection split.
+        """
+        if self.select_y is None or not len(self.select_y):
+            raise ValueError("this evaluator has no selection split (prepare the task with select_size > 0)")
+        model = self.inference_model(counts)
+        scored = []
+        for x, y in ((self.val_x, self.val_y), (self.select_x, self.select_y)):
+            correct, loss = self._score(model, x, y)
+            scored.append(Evaluation(correct / len(y), loss / len(y), len(y)))
+        release_free_memory()
+        return scored[0], scored[1]
 
     def __call__(self, counts: np.ndarray) -> Evaluation:
         correct, loss = self.score(self.inference_model(counts))
@@ -156,7 +182,9 @@ class RacingReward:
 @dataclass
 class Task:
     """Everything a search or a baseline needs, built once by `prepare_task`; `settings` are the
-    arguments it was prepared with (a search refuses a task prepared differently from its config)."""
+    arguments it was prepared with (a search refuses a task prepared differently from its config).
+    `val_idx` and `select_idx` are the TRAIN images of the reward and selection splits (empty when they come
+    from a folder of the user's, `reward_data`)."""
 
     model: TrainedModel
     dataset: Dataset
@@ -165,6 +193,7 @@ class Task:
     train_idx: torch.Tensor
     val_idx: torch.Tensor
     settings: dict[str, Any] = field(default_factory=dict)
+    select_idx: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
 
     def test_accuracy(self, model: nn.Module) -> float:
         """Accuracy on the TEST split: for final reports only, never for choosing a policy."""
@@ -190,6 +219,8 @@ def prepare_task(
     positions: int = 10,
     selection: Selection = "ls",
     reconstruct: Reconstruction = "sequential",
+    select_size: int = 1000,
+    reward_data: str | Path | None = None,
     device: str | torch.device = "cpu",
 ) -> Task:
     """Load, split, analyse and calibrate: the one-time set-up of a search (see the module docstring).
@@ -203,17 +234,39 @@ def prepare_task(
     re-fit and every evaluation live on `device` ("auto": the first CUDA device if there is one, else the CPU;
     nothing falls back to the CPU silently).
 
+    The selection split (final choice among a search's best candidates) is `select_size` TRAIN images outside
+    `val` (at most a fifth of those), set apart before the calibration and re-fit images are drawn (0: none;
+    the calibration and re-fit images are then those of amc before the selection split). With `reward_data`,
+    a folder of the user's own validation images in class folders (`load_labelled_folder`, the dataset's
+    class names), rewards and the selection split come from it instead (`select_size` of its images for the
+    selection split, the rest for rewards), and every TRAIN image may feed the calibration; `val_size` must
+    then be None.
+
     Raises:
-        AmcError: an unavailable device, a model without prunable groups, and the loaders' errors.
+        AmcError: an unavailable device, a model without prunable groups, a `reward_data` folder whose images
+            differ in shape from the dataset's or that `select_size` leaves empty, `val_size` with
+            `reward_data`, and the loaders' errors.
     """
     device = resolve_device(device) if isinstance(device, str) else device
     settings = dict(model=model, checkpoint=None if checkpoint is None else str(checkpoint), dataset=dataset,
                     data_dir=None if data_dir is None else str(data_dir), val_size=val_size, seed=seed,
                     calib_size=calib_size, refit_size=refit_size, positions=positions, selection=selection,
-                    reconstruct=reconstruct)  # the device is not a setting: a search may resume on another one
+                    reconstruct=reconstruct, select_size=select_size,
+                    reward_data=None if reward_data is None else str(reward_data))
+    # the device is not a setting: a search may resume on another one
+    if not (isinstance(select_size, int) and select_size >= 0):
+        raise AmcError(f"--select-size {select_size} must be a count of images (0: no final selection)")
     data = load_dataset(dataset, data_dir)
     trained = load_trained_model(model, checkpoint, dataset=data)
-    train_idx, val_idx = split_train_val(len(data.train), val_size, seed)
+    if reward_data is None:
+        train_idx, val_idx = split_train_val(len(data.train), val_size, seed)
+        held: ImageSet | None = None
+    else:
+        if val_size is not None:
+            raise AmcError("--val-size holds TRAIN images out for the rewards, but --reward-data supplies them: "
+                           "drop --val-size")
+        held = _reward_folder(reward_data, data, select_size, seed)
+        train_idx, val_idx = torch.arange(len(data.train)), torch.empty(0, dtype=torch.int64)
     pruner = ChannelPruner(trained.module, trained.input_shape, selection=selection)
     if not pruner.groups:
         raise AmcError(f"model {model} has no prunable channel group; amc prunes conv and Linear channels")
@@ -222,12 +275,38 @@ def prepare_task(
     def norm(idx: torch.Tensor) -> torch.Tensor:
         return normalize(data.train.images[idx], trained.mean, trained.std)
 
-    calib = norm(_sample(train_idx, calib_size, seed + 1))
+    # the selection split shares no image with the rewards, the calibration or the re-fit; at most a fifth of
+    # the TRAIN images left, so that small data sets keep most of them for the calibration
+    n_select = min(select_size, len(train_idx) // 5) if held is None else 0
+    select_idx = _sample(train_idx, n_select, seed + 4).sort().values
+    pool = train_idx[~torch.isin(train_idx, select_idx)]
+    calib = norm(_sample(pool, calib_size, seed + 1))
     if reconstruct != "none" or selection == "ls":
         pruner.calibrate((batch.to(device) for batch in calib.split(250)), positions=positions, seed=seed)
-    refit_x = norm(_sample(train_idx, refit_size, seed + 2)) if refit_size > 0 else None
+    refit_x = norm(_sample(pool, refit_size, seed + 2)) if refit_size > 0 else None
     if refit_x is None and reconstruct == "sequential":
         reconstruct = "gram"
-    evaluator = RewardEvaluator(pruner, norm(val_idx), data.train.labels[val_idx], refit_x=refit_x,
-                                reconstruct=reconstruct, seed=seed + 3)
-    return Task(trained, data, pruner, evaluator, train_idx, val_idx, settings)
+    if held is None:
+        val_x, val_y = norm(val_idx), data.train.labels[val_idx]
+        select_x, select_y = norm(select_idx), data.train.labels[select_idx]
+    else:
+        order = torch.randperm(len(held), generator=torch.Generator().manual_seed(seed + 4))
+        images = normalize(held.images[order], trained.mean, trained.std)
+        select_x, select_y = images[:select_size], held.labels[order][:select_size]
+        val_x, val_y = images[select_size:], held.labels[order][select_size:]
+    evaluator = RewardEvaluator(pruner, val_x, val_y, refit_x=refit_x, reconstruct=reconstruct, seed=seed + 3,
+                                select_x=select_x if len(select_y) else None, select_y=select_y if len(select_y) else None)
+    return Task(trained, data, pruner, evaluator, train_idx, val_idx, settings, select_idx)
+
+
+def _reward_folder(folder: str | Path, data: Dataset, select_size: int, seed: int) -> ImageSet:
+    """The user's validation images of `folder` (see `prepare_task`), checked against the dataset."""
+    held = load_labelled_folder(folder, data.classes)
+    if tuple(held.images.shape[1:]) != tuple(data.image_shape):
+        c, h, w = held.images.shape[1:]
+        raise AmcError(f"the images of --reward-data {folder} are {c}x{h}x{w} (CxHxW) but the dataset's are "
+                       f"{'x'.join(map(str, data.image_shape))}; convert them to the dataset's size")
+    if len(held) <= select_size:
+        raise AmcError(f"--reward-data {folder} has {len(held)} images and --select-size {select_size} leaves none "
+                       f"for the rewards; pass a smaller --select-size (e.g. {len(held) // 5}) or more images")
+    return held

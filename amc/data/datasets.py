@@ -33,6 +33,7 @@ __all__ = [
     "ImageSet",
     "batches",
     "load_dataset",
+    "load_labelled_folder",
 ]
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -429,6 +430,47 @@ def _load_imagefolder(root: Path, cache_dir: Path) -> Dataset:
     else:  # grayscale: the folder's own statistics, one value per channel
         mean, std = _channel_stats(train.images)
     return Dataset("imagefolder", train, test, list(cached["classes"]), mean, std)
+
+
+def load_labelled_folder(folder: str | Path, classes: Sequence[str], *, cache_dir: str | Path | None = None) -> ImageSet:
+    """Images of one split in class folders, `folder/<class>/*`, labelled by `classes` (the dataset's class
+    names: a folder named `classes[i]` holds images of label i; a dataset may have classes the folder lacks).
+    Decoded once and cached like `imagefolder` (`AMC_CACHE_DIR`). Used for a user's own validation images
+    (`amc train-agent --reward-data`).
+
+    Returns:
+        ImageSet: uint8 [N, C, H, W] images, int64 [N] labels, ordered by class, then by path.
+
+    Raises:
+        AmcError: the folder is missing or has no class folders, a class folder is not among `classes`, is
+            empty, or holds an image that does not decode or differs in size from the others.
+    """
+    root = Path(folder).expanduser().resolve()
+    if not root.is_dir():
+        raise AmcError(f"image folder {root} does not exist or is not a folder; pass a folder of <class>/ folders")
+    found = _subfolders(root)
+    if not found:
+        raise AmcError(f"image folder {root} has no class folders; expected {root}/<class>/*.jpg")
+    unknown = [c for c in found if c not in classes]
+    if unknown:
+        raise AmcError(f"class folder {root / unknown[0]} is not a class of the dataset ({', '.join(list(classes)[:10])}"
+                       f"{', ...' if len(classes) > 10 else ''}); rename or remove it")
+    files: list[_ImageFile] = []
+    for cls in found:
+        entries = _walk_files(root / cls)
+        if not entries:
+            raise AmcError(f"class folder {root / cls} has no images; add images or remove the folder")
+        files.extend((Path(e.path), list(classes).index(cls), e.stat()) for e in entries)
+    key = hashlib.sha256(f"{_CACHE_FORMAT}\nsplit\n{root}\n".encode())
+    for path, label, st in files:
+        key.update(f"{path.relative_to(root)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    cache_file = resolve_cache_dir(cache_dir) / f"imagesplit-{hashlib.sha256(str(root).encode()).hexdigest()[:16]}.pt"
+    cached = _read_cache(cache_file, key.hexdigest())
+    if cached is None:
+        cached = {"key": key.hexdigest(), "images": _decode_all([str(path) for path, _, _ in files]),
+                  "labels": torch.tensor([label for _, label, _ in files], dtype=torch.int64)}
+        _write_cache(cache_file, cached)
+    return ImageSet(cached["images"], cached["labels"])
 
 
 def _read_cache(cache_file: Path, key: str) -> dict | None:
