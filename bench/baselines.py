@@ -1,7 +1,9 @@
 """Benchmark: the AMC agent against uniform, random search, sensitivity analysis and DP, on TEST.
 
-Every method gets the same model, data, reward split, budget and seed; random search evaluates exactly as
-many episodes as the agent. Each finished (model, budget, method) is saved under
+Every method gets the same model, data, reward split, selection split, budget and seed; random search evaluates
+exactly as many episodes as the agent, and both choose their final policy among their 8 best distinct rewards on
+the selection split (`agents.selection`); the policy with the best reward is measured too ("by reward").
+Each finished (model, budget, method) is saved under
 `RUNS/bench-baselines_v<reward images>_s<seed>/` and skipped when the command is run again, so the whole
 grid can run in parts and resume; the AMC search runs in `RUNS/bench-<model>_f<pct>_v<reward images>_s<seed>`
 (shared with bench/search.py's run of the same settings). Every policy is evaluated on the test split after
@@ -22,7 +24,9 @@ import common  # bench/common.py; puts the repository on sys.path
 import numpy as np
 
 from agents.baselines import SensitivityTable, dp, run_baseline, sensitivity, sensitivity_table
+from agents.config import SearchConfig
 from agents.search import run_search
+from agents.selection import FinalSelection
 from amc.engine.budget import Budget
 from amc.fileio import atomic_write_json
 from amc.reward import Task
@@ -40,15 +44,27 @@ def run_method(method: str, task: Task, model: str, checkpoint: str, ratio: floa
             args, model=model, checkpoint=checkpoint, budget_ratio=ratio, episodes=args.episodes, warmup=args.warmup))
         result = run_search(config, resume=(Path(config.out) / "config.json").exists(), progress=False, task=task)
         return {"counts": result.best.counts_for(task.pruner).tolist(),
-                "val_accuracy": result.best.extra["val_accuracy"], "evaluations": result.episodes,
-                "seconds": result.seconds}
+                "val_accuracy": result.best.extra["val_accuracy"],
+                "select_accuracy": result.best.extra.get("select_accuracy"),
+                "evaluations": result.episodes + len(result.selection.candidates if result.selection else []),
+                "seconds": result.seconds, **by_reward(result.selection)}
     if method in ("sensitivity", "dp"):  # one sensitivity table per model serves both
         table = TABLES[model] = TABLES.get(model) or sensitivity_table(task)
         found = (sensitivity if method == "sensitivity" else dp)(task, budget, table=table)
     else:
         found = run_baseline(method, task, budget, episodes=args.episodes, seed=args.seed)
-    return {"counts": found.counts.tolist(), "val_accuracy": found.val_accuracy, "evaluations": found.evaluations,
-            "seconds": time.monotonic() - started}
+    return {"counts": found.counts.tolist(), "val_accuracy": found.val_accuracy,
+            "select_accuracy": found.select_accuracy, "evaluations": found.evaluations,
+            "seconds": time.monotonic() - started, **by_reward(found.selection)}
+
+
+def by_reward(selection: FinalSelection | None) -> dict:
+    """The policy with the best reward of a final selection, as `by_reward` (empty without a selection)."""
+    if selection is None:
+        return {}
+    first = selection.candidates[0]
+    return {"by_reward": {"counts": first.counts, "val_accuracy": first.val_accuracy,
+                          "select_accuracy": first.select_accuracy}, "chosen_rank": selection.chosen + 1}
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -96,26 +112,38 @@ def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) ->
                 dense = task.pruner.cost.macs(task.pruner.channels)
                 row["macs_ratio"] = float(task.pruner.cost.macs(counts) / dense)
                 row["test_accuracy"] = task.test_accuracy(task.evaluator.prune(counts))
+                if "by_reward" in row:
+                    row["by_reward"]["test_accuracy"] = task.test_accuracy(
+                        task.evaluator.prune(np.array(row["by_reward"]["counts"])))
                 row["dense_test_accuracy"] = task.test_accuracy(task.pruner.model)
                 atomic_write_json(part, row)
                 print(json.dumps({k: v for k, v in row.items() if k != "counts"}), flush=True)
     rows = [json.loads(p.read_text()) for p in sorted(parts.glob("*.json"))]
     summary = common.summary("baselines", args, episodes=args.episodes, val_size=args.val_size, rows=rows)
     lines = [
-        "# AMC vs baselines (test accuracy %, no fine-tuning; val accuracy % on the reward split in brackets)",
+        "# AMC vs baselines (test accuracy %, no fine-tuning; in brackets: accuracy % on the reward split / on the "
+        "selection split)",
         "",
-        f"{common.header(summary)} Reward split: {args.val_size} held-out TRAIN images; random search and AMC "
-        f"evaluate {args.episodes} episodes.",
+        f"{common.header(summary)} Reward split: {args.val_size} held-out TRAIN images; selection split: "
+        f"{SearchConfig.select_size} other TRAIN images; random search and AMC evaluate {args.episodes} episodes "
+        "and choose among their 8 best distinct rewards on the selection split; \"by reward\": their policy with "
+        "the best reward (the choice before the selection split).",
         "",
-        "| model | FLOPs budget | dense | " + " | ".join(METHODS) + " |",
-        "|---|---|---|" + "---|" * len(METHODS),
+        "| model | FLOPs budget | dense | " + " | ".join(METHODS) + " | random by reward | amc by reward |",
+        "|---|---|---|" + "---|" * (len(METHODS) + 2),
     ]
+
+    def cell(row: dict | None) -> str:
+        if row is None:
+            return "-"
+        select = "" if row.get("select_accuracy") is None else f" / {100 * row['select_accuracy']:.1f}"
+        return f"{100 * row['test_accuracy']:.2f} ({100 * row['val_accuracy']:.1f}{select})"
+
     for model, ratio in sorted({(r["model"], r["budget"]) for r in rows}):
-        cells = []
-        for method in METHODS:
-            row = next((r for r in rows if (r["model"], r["budget"], r["method"]) == (model, ratio, method)), None)
-            cells.append("-" if row is None else f"{100 * row['test_accuracy']:.2f} ({100 * row['val_accuracy']:.1f})")
-        dense = next(r["dense_test_accuracy"] for r in rows if (r["model"], r["budget"]) == (model, ratio))
+        found = {r["method"]: r for r in rows if (r["model"], r["budget"]) == (model, ratio)}
+        cells = [cell(found.get(m)) for m in METHODS]
+        cells += [cell(found[m].get("by_reward")) if m in found else "-" for m in ("random", "amc")]
+        dense = next(iter(found.values()))["dense_test_accuracy"]
         lines.append(f"| {model} | {ratio:g} | {100 * dense:.2f} | " + " | ".join(cells) + " |")
     common.write("baselines", summary, lines, results)
     plot(rows, Path(results) / "baselines.png")
