@@ -7,8 +7,8 @@ Each finished (model, budget, method) is saved under
 `RUNS/bench-baselines_v<reward images>_s<seed>/` and skipped when the command is run again, so the whole
 grid can run in parts and resume; the AMC search runs in `RUNS/bench-<model>_f<pct>_v<reward images>_s<seed>`
 (shared with bench/search.py's run of the same settings). Every policy is evaluated on the test split after
-re-fit and BatchNorm re-estimation, without fine-tuning. Writes `bench/results/baselines.json`, `.md` and
-`baselines.png` (test accuracy vs MACs, one point per method).
+re-fit and BatchNorm re-estimation, without fine-tuning. Writes `bench/results/baselines[_s<seed>].json`,
+`.md` and `.png` (test accuracy vs MACs, one point per method).
 
     python bench/baselines.py --data-dir DIR --models resnet20,resnet56 --budgets 0.5,0.3 --val-size 1000
 """
@@ -145,8 +145,9 @@ def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) ->
         cells += [cell(found[m].get("by_reward")) if m in found else "-" for m in ("random", "amc")]
         dense = next(iter(found.values()))["dense_test_accuracy"]
         lines.append(f"| {model} | {ratio:g} | {100 * dense:.2f} | " + " | ".join(cells) + " |")
-    common.write("baselines", summary, lines, results)
-    plot(rows, Path(results) / "baselines.png")
+    name = "baselines" + (f"_s{args.seed}" if args.seed else "")
+    common.write(name, summary, lines, results)
+    plot(rows, Path(results) / f"{name}.png")
 
 
 if __name__ == "__main__":
