@@ -6,7 +6,7 @@ weights strictly and returns the checkpoint's metadata (mean, std, num_classes, 
 """
 
 # Imported for their @register_model side effect.
-from amc.models import digits, mobilenetv2, resnet_cifar, vgg  # noqa: F401
+from amc.models import digits, mobilenet_imagenet, mobilenetv2, resnet_cifar, resnet_imagenet, vgg  # noqa: F401
 from amc.models.checkpoint import load_checkpoint, read_checkpoint
 from amc.models.registry import create_model, list_models, register_model
 
