@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import assert_user_error
 
+from agents.config import SearchConfig
 from amc.apply import apply_policy
 from amc.cli import main
 from amc.engine.budget import Budget, ratio_counts
@@ -66,6 +67,14 @@ def test_device_cuda_without_a_gpu_exits_2_with_one_line(argv, tmp_path, capsys,
     code = main([*argv, *out, "--device", "cuda"])
     assert_user_error(code, capsys.readouterr().err, "CUDA is not available", "--device cpu")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", [0, "cuda:00", "cuda:-1", " cpu"])
+def test_only_documented_device_names_are_taken(name):
+    with pytest.raises(AmcError, match="unknown device"):
+        resolve_device(name)
+    with pytest.raises(AmcError, match="unknown device"):
+        SearchConfig(device=name).check()
 
 
 def test_a_device_that_is_not_one_is_refused_when_parsed(capsys):

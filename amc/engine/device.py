@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from amc.errors import AmcError
@@ -17,6 +19,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     """
     if name == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    # torch also takes ints, "cuda:00" and other spellings: accept only the names amc documents
+    if not isinstance(name, str) or not re.fullmatch(r"cpu|cuda(:(0|[1-9][0-9]*))?|[a-z]+(:[0-9]+)?", name):
+        raise AmcError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
