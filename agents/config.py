@@ -22,6 +22,8 @@ RUN_FORMAT = "amc-run/1"
 _CONFIG_KEYS = {"model", "dataset", "budget_kind", "budget_ratio", "episodes", "warmup"}
 # The SB3 algorithms a search can use (`agents.ddpg.AGENTS` maps them to classes).
 ALGORITHMS: tuple[str, ...] = ("ddpg", "td3", "sac")
+# baselines whose policies can join a search's final selection (`SearchConfig.baseline_candidates`)
+BASELINE_CANDIDATES: tuple[str, ...] = ("dp", "sensitivity")
 
 
 @dataclass
@@ -60,6 +62,9 @@ class SearchConfig:
     images outside val, calibration and re-fit; or from reward_data); 0: the best reward wins"""
     select_top: int = 8
     """distinct policies with the best rewards scored on the selection split at the end of a search"""
+    baseline_candidates: str = ""
+    """comma-separated baselines (dp, sensitivity) whose policies join the final selection as candidates
+    (`agents.baselines`; costs their sensitivity table; acc reward, flops or params budget)"""
     seed: int = 0
     """seed of the split, the calibration sample and the agent"""
     algo: str = "ddpg"
@@ -116,6 +121,12 @@ class SearchConfig:
         if not (isinstance(self.select_top, int) and self.select_top >= 1):
             raise AmcError(f"--select-top {self.select_top} must be at least 1 (--select-size 0 turns the final "
                            "selection off)")
+        wrong = sorted(set(self.baseline_names()) - set(BASELINE_CANDIDATES))
+        if wrong:
+            raise AmcError(f"unknown --baseline-candidates {wrong[0]!r}; choose from {', '.join(BASELINE_CANDIDATES)}")
+        if self.baseline_names() and (self.reward != "acc" or self.budget_kind == "latency"):
+            raise AmcError("--baseline-candidates needs the acc reward and a flops or params budget (the baselines "
+                           "support no latency budget); drop --baseline-candidates or change --reward / the budget")
         if self.reward_data is not None and self.val_size is not None:
             raise AmcError("--val-size holds TRAIN images out for the rewards, but --reward-data supplies them: "
                            "drop --val-size")
@@ -125,6 +136,10 @@ class SearchConfig:
         from amc.engine.device import resolve_device  # torch: only when a search is checked
 
         resolve_device(self.device)
+
+    def baseline_names(self) -> list[str]:
+        """The baselines of `baseline_candidates`, in order."""
+        return [name.strip() for name in self.baseline_candidates.split(",") if name.strip()]
 
     def task_settings(self) -> dict[str, Any]:
         """The arguments of `amc.reward.prepare_task` this config implies (compared with `Task.settings`)."""

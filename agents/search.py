@@ -86,7 +86,9 @@ def _restore_rng(agent: Any, rng: dict[str, Any]) -> None:
 
 def _compare_config(saved: dict, config: SearchConfig) -> None:
     current = config.to_dict()
-    differ = [k for k in current if k in saved and saved[k] != current[k] and k not in ("episodes", "out", "device")]
+    # these change only where the search runs, how long, or how its final policy is chosen at the end
+    free = ("episodes", "out", "device", "select_top", "baseline_candidates")
+    differ = [k for k in current if k in saved and saved[k] != current[k] and k not in free]
     if differ:
         def flag(key: str) -> str:
             return "the budget (--target-*)" if key.startswith("budget") else "--" + key.replace("_", "-")
@@ -280,15 +282,28 @@ def _final_selection(task: Task, config: SearchConfig, rows: list[dict[str, str]
     sections = np.array([g.sections for g in task.pruner.groups])
     log = EpisodeLog(Path(config.out) / "episodes.csv", task.pruner.names)
     scored = ((np.array(log.counts(row)) // sections, float(row["reward"]), int(row["episode"])) for row in rows)
-    selection = select_final(task.evaluator, scored, config.select_top)
+    selection = select_final(task.evaluator, scored, config.select_top, baseline_policies(task, config))
     if selection is None:
         return by_reward, None
     atomic_write_json(Path(config.out) / "final_selection.json", selection.to_dict())
     best = selection.best
+    source = {} if best.source == "amc" else {"source": best.source}
     final = _policy(task, config, best.counts, method="amc", episode=best.episode, reward=best.reward,
                     val_accuracy=best.val_accuracy, select_accuracy=best.select_accuracy, select_gap=selection.gap,
-                    candidates=len(selection.candidates), seed=config.seed)
+                    candidates=len(selection.candidates), seed=config.seed, **source)
     return final, selection
+
+
+def baseline_policies(task: Task, config: SearchConfig) -> list[tuple[np.ndarray, str]]:
+    """The policies of `config.baseline_candidates` at the search's budget and lower bound, as (counts [G],
+    baseline name); one sensitivity table serves them all."""
+    names = config.baseline_names()
+    if not names or task.evaluator.select_y is None:
+        return []
+    from agents.baselines import BASELINES, sensitivity_table  # the baselines import the search's config
+
+    table = sensitivity_table(task, lbound=config.lbound)
+    return [(BASELINES[name](task, config.budget(), lbound=config.lbound, table=table).counts, name) for name in names]
 
 
 def latency_table(task: Task, folder: Path, batch_size: int = 1, channels_last: bool = False) -> LatencyTable:

@@ -12,7 +12,7 @@ Selection and Subsequent Selection Bias in Performance Evaluation", JMLR 11, 201
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -27,7 +27,8 @@ DEFAULT_TOP = 8
 class Candidate:
     """One policy re-scored for the final choice: kept counts [G], its search reward and episode (0: none),
     accuracy in [0, 1] on all of the reward split `val_accuracy` (mean cross-entropy `val_loss`) and on the
-    selection split `select_accuracy`."""
+    selection split `select_accuracy`; `source` is "amc" for a searched policy, else the baseline that made it
+    (episode 0, reward its val accuracy)."""
 
     counts: list[int]
     reward: float
@@ -35,6 +36,7 @@ class Candidate:
     val_accuracy: float
     val_loss: float
     select_accuracy: float
+    source: str = "amc"
 
 
 @dataclass
@@ -81,10 +83,12 @@ def has_selection_split(evaluator: RewardEvaluator) -> bool:
 
 
 def select_final(evaluator: RewardEvaluator, scored: Iterable[tuple[np.ndarray, float, int]],
-                 top: int = DEFAULT_TOP) -> FinalSelection | None:
-    """Score the `top` best distinct policies of `scored` (counts [G], reward, episode) on all of val and on
-    the selection split, and choose the most accurate on the selection split (a tie goes to the higher reward).
-    None when the evaluator has no selection split, `top` is 0 or nothing was scored. Costs `top` evaluations.
+                 top: int = DEFAULT_TOP, others: Sequence[tuple[np.ndarray, str]] = ()) -> FinalSelection | None:
+    """Score the `top` best distinct policies of `scored` (counts [G], reward, episode), and the policies of
+    `others` ((counts [G], name of the baseline that made them), e.g. DP's) that are not among them, on all of
+    val and on the selection split, and choose the most accurate on the selection split (a tie goes to the
+    higher reward, then to the searched policy). None when the evaluator has no selection split, `top` is 0 or
+    nothing was scored. Costs one evaluation per candidate.
     """
     candidates = best_distinct(scored, top) if top > 0 and has_selection_split(evaluator) else []
     if not candidates:
@@ -93,5 +97,11 @@ def select_final(evaluator: RewardEvaluator, scored: Iterable[tuple[np.ndarray, 
     for counts, reward, episode in candidates:
         val, select = evaluator.rescore(counts)
         rescored.append(Candidate(counts.tolist(), reward, episode, val.accuracy, val.loss, select.accuracy))
+    for counts, source in others:
+        if any(c.counts == list(counts) for c in rescored):
+            continue
+        val, select = evaluator.rescore(counts)
+        rescored.append(Candidate(list(map(int, counts)), val.accuracy, 0, val.accuracy, val.loss, select.accuracy,
+                                  source))
     chosen = max(range(len(rescored)), key=lambda i: (rescored[i].select_accuracy, -i))
     return FinalSelection(rescored, chosen, len(evaluator.val_y), len(evaluator.select_y))

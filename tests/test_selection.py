@@ -149,3 +149,39 @@ def test_search_with_reward_data_and_its_resume(tmp_path, digits_task):
     assert result.selection.val_images == 70
     again = run_search(replace(config, episodes=8), resume=True, progress=False)
     assert again.best.to_dict() == result.best.to_dict()
+
+
+def test_baseline_candidates_join_the_final_selection_of_a_finished_run(tmp_path, digits_task):
+    config = SearchConfig(checkpoint=str(digits_checkpoint()), budget_ratio=0.3, episodes=6, warmup=3,
+                          out=str(tmp_path / "run"))
+    alone = run_search(config, progress=False, task=digits_task)
+    assert {c.source for c in alone.selection.candidates} == {"amc"}
+    # a finished run takes the baselines' policies at the end of a resume: no episode runs again
+    both = run_search(replace(config, baseline_candidates="dp,sensitivity"), resume=True, progress=False,
+                      task=digits_task)
+    assert both.episodes == 6 and len(rows_of(both.run_dir)) == 6
+    sources = [c.source for c in both.selection.candidates]
+    assert sources[: len(alone.selection.candidates)] == ["amc"] * len(alone.selection.candidates)
+    assert {"dp", "sensitivity"} & set(sources)  # unless the search found the very same policies
+    chosen = both.selection.best
+    assert chosen.select_accuracy == max(c.select_accuracy for c in both.selection.candidates)
+    assert chosen.select_accuracy >= alone.selection.best.select_accuracy
+    saved = json.loads((both.run_dir / "final_selection.json").read_text())
+    assert [c["source"] for c in saved["candidates"]] == sources
+
+
+def rows_of(run: Path) -> list[str]:
+    return (run / "episodes.csv").read_text().splitlines()[1:]
+
+
+@pytest.mark.parametrize(("fields", "needle"), [
+    ({"baseline_candidates": "dp,greedy"}, "greedy"),
+    ({"baseline_candidates": "dp", "reward": "flops"}, "acc reward"),
+    ({"baseline_candidates": "dp", "budget_kind": "latency"}, "latency"),
+    ({"select_top": 0}, "--select-top"),
+    ({"select_size": -1}, "--select-size"),
+    ({"reward_data": "x", "val_size": 10}, "--val-size"),
+])
+def test_selection_settings_are_checked(fields, needle):
+    with pytest.raises(AmcError, match=needle):
+        replace(SearchConfig(), **fields).check()

@@ -41,6 +41,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--select-top", type=COUNT, default=d.select_top, metavar="K",
                         help="the K distinct policies with the best rewards are scored on the selection split at "
                              "the end; the best there is the final policy (default %(default)s)")
+    parser.add_argument("--baseline-candidates", default=d.baseline_candidates, metavar="LIST",
+                        help="dp and/or sensitivity (comma-separated): their policies join the final selection "
+                             "(costs one sensitivity table; may be added to a finished run with --resume)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -79,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         budget_ratio=budget.ratio, reward=args.reward, latency_batch=args.latency_batch,
         latency_channels_last=args.latency_channels_last, episodes=args.episodes, warmup=args.warmup,
         val_size=args.val_size, reward_data=args.reward_data, select_size=args.select_size,
-        select_top=args.select_top, seed=args.seed, algo=args.algo, lbound=args.lbound, rbound=args.rbound,
+        select_top=args.select_top, baseline_candidates=args.baseline_candidates, seed=args.seed, algo=args.algo,
+        lbound=args.lbound, rbound=args.rbound,
         selection=args.selection or SearchConfig.selection, race_images=args.race_images,
         race_margin=args.race_margin, device=args.device, out=out,
     )
@@ -103,9 +107,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<8} val accuracy {100 * extra['val_accuracy']:.2f}%{select}  MACs {100 * p['macs_ratio']:.2f}%  "
               f"params {100 * p['params_ratio']:.2f}% of dense")
     if result.selection is not None:
-        chosen = result.selection.best
-        print(f"final policy: episode {chosen.episode}, the best on the selection split of the "
-              f"{len(result.selection.candidates)} best rewards (reward rank {result.selection.chosen + 1}); its val "
-              f"accuracy is {100 * result.selection.gap:+.2f} points above its selection-split accuracy")
+        chosen, n = result.selection.best, len(result.selection.candidates)
+        which = (f"episode {chosen.episode} (reward rank {result.selection.chosen + 1})" if chosen.source == "amc"
+                 else f"the {chosen.source} baseline's policy")
+        print(f"final policy: {which}, the best on the selection split of {n} candidates; its val accuracy is "
+              f"{100 * result.selection.gap:+.2f} points above its selection-split accuracy")
     print(f"best policy: {result.run_dir / 'best_policy.json'}")
     return 0
