@@ -144,9 +144,13 @@ def random_search(task: Task, budget: Budget, episodes: int, seed: int, reward: 
 
 def sensitivity_table(task: Task, ratios: Sequence[float] = DEFAULT_RATIOS,
                       lbound: float = SearchConfig.lbound) -> SensitivityTable:
-    """Evaluate the model with each group alone pruned to each ratio (see `SensitivityTable`)."""
+    """Evaluate the model with each group alone pruned to each ratio (see `SensitivityTable`); made once per
+    task, ratios and lower bound (kept in `task.cache`)."""
     started = time.monotonic()
     grid = _grid(ratios)
+    key = ("sensitivity_table", grid, lbound)
+    if key in task.cache:
+        return task.cache[key]
     full = task.pruner.channels
     cache: dict[tuple[int, ...], Evaluation] = {}
 
@@ -164,7 +168,9 @@ def sensitivity_table(task: Task, ratios: Sequence[float] = DEFAULT_RATIOS,
         trial[g] = counts[g, r]
         result = evaluate(trial)
         accuracy[g, r], loss[g, r] = result.accuracy, result.loss
-    return SensitivityTable(grid, lbound, counts, accuracy, loss, dense, len(cache), time.monotonic() - started)
+    table = SensitivityTable(grid, lbound, counts, accuracy, loss, dense, len(cache), time.monotonic() - started)
+    task.cache[key] = table
+    return table
 
 
 def _table(task: Task, ratios: Sequence[float], lbound: float, table: SensitivityTable | None) -> SensitivityTable:

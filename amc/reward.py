@@ -184,7 +184,8 @@ class Task:
     """Everything a search or a baseline needs, built once by `prepare_task`; `settings` are the
     arguments it was prepared with (a search refuses a task prepared differently from its config).
     `val_idx` and `select_idx` are the TRAIN images of the reward and selection splits (empty when they come
-    from a folder of the user's, `reward_data`)."""
+    from a folder of the user's, `reward_data`). `cache` holds analyses of the task that several users share
+    (e.g. the baselines' sensitivity table), keyed by their maker."""
 
     model: TrainedModel
     dataset: Dataset
@@ -194,6 +195,7 @@ class Task:
     val_idx: torch.Tensor
     settings: dict[str, Any] = field(default_factory=dict)
     select_idx: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     def test_accuracy(self, model: nn.Module) -> float:
         """Accuracy on the TEST split: for final reports only, never for choosing a policy."""

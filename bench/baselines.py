@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import common  # bench/common.py; puts the repository on sys.path
 import numpy as np
 
-from agents.baselines import SensitivityTable, dp, run_baseline, sensitivity, sensitivity_table
+from agents.baselines import dp, run_baseline, sensitivity, sensitivity_table
 from agents.config import SearchConfig
 from agents.search import run_search
 from agents.selection import FinalSelection
@@ -31,26 +33,31 @@ from amc.engine.budget import Budget
 from amc.fileio import atomic_write_json
 from amc.reward import Task
 
-METHODS = ("uniform", "random", "sensitivity", "dp", "amc")
-TABLES: dict[str, SensitivityTable] = {}
+# "amc+": the same AMC search, its final selection also offered the dp and sensitivity policies
+# (`--baseline-candidates dp,sensitivity` on a copy of the finished run folder, resumed: no episode runs again)
+METHODS = ("uniform", "random", "sensitivity", "dp", "amc", "amc+")
 
 
 def run_method(method: str, task: Task, model: str, checkpoint: str, ratio: float, args: argparse.Namespace) -> dict:
     """Counts, val accuracy and cost of one method; the AMC search resumes its run folder if it exists."""
     started = time.monotonic()
     budget = Budget("flops", ratio)
-    if method == "amc":
+    if method in ("amc", "amc+"):
         config = common.in_run_folder(args.runs, common.search_config(
             args, model=model, checkpoint=checkpoint, budget_ratio=ratio, episodes=args.episodes, warmup=args.warmup))
+        if method == "amc+":
+            searched = Path(config.out)
+            config = replace(config, out=f"{config.out}_plus", baseline_candidates="dp,sensitivity")
+            if not Path(config.out).exists():  # the "amc" row ran first: its finished search
+                shutil.copytree(searched, config.out, ignore=shutil.ignore_patterns(".lock"))
         result = run_search(config, resume=(Path(config.out) / "config.json").exists(), progress=False, task=task)
         return {"counts": result.best.counts_for(task.pruner).tolist(),
                 "val_accuracy": result.best.extra["val_accuracy"],
                 "select_accuracy": result.best.extra.get("select_accuracy"),
                 "evaluations": result.episodes + len(result.selection.candidates if result.selection else []),
                 "seconds": result.seconds, **by_reward(result.selection)}
-    if method in ("sensitivity", "dp"):  # one sensitivity table per model serves both
-        table = TABLES[model] = TABLES.get(model) or sensitivity_table(task)
-        found = (sensitivity if method == "sensitivity" else dp)(task, budget, table=table)
+    if method in ("sensitivity", "dp"):  # one sensitivity table per task serves both (and amc+)
+        found = (sensitivity if method == "sensitivity" else dp)(task, budget, table=sensitivity_table(task))
     else:
         found = run_baseline(method, task, budget, episodes=args.episodes, seed=args.seed)
     return {"counts": found.counts.tolist(), "val_accuracy": found.val_accuracy,
