@@ -3,8 +3,8 @@
 Rebuilds the task of a finished FLOPs-budget search (its `config.json`: model, data, seed, reward split,
 calibration images) and measures on TEST, with the search's own fast evaluation (no fine-tuning):
 - the `--top` distinct policies of `episodes.csv` with the highest reward, `--sample` random others, and the
-  uniform policy: Spearman rank correlation of reward and test accuracy over all of them
-  and over the top ones alone;
+  uniform policy: Spearman rank correlation of reward-split accuracy (on all of it, float32) and test accuracy
+  over all of them and over the top ones alone;
 - a greedy local search on the reward from the best policy: `--local-steps` moves, each taking one or two
   channels from one group and giving another group as many as the budget allows, kept when the reward-split
   accuracy rises; the test accuracy of every kept move.
@@ -121,10 +121,11 @@ def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) ->
     policies = []
     for rank, (row, counts) in enumerate(chosen):
         started = time.monotonic()
-        test = task.test_accuracy(task.evaluator.prune(counts))
+        # on all of the reward split, in float32: a raced policy's log row holds its accuracy on the first images
+        val, test = val_and_test(task, counts)
         policies.append({"episode": int(row["episode"]), "top": rank < args.top, "reward": float(row["reward"]),
-                         "val_accuracy": float(row["val_accuracy"]), "test_accuracy": test, "counts": counts.tolist()})
-        print(f"episode {row['episode']}: val {100 * float(row['val_accuracy']):.2f}% test {100 * test:.2f}% "
+                         "val_accuracy": val, "test_accuracy": test, "counts": counts.tolist()})
+        print(f"episode {row['episode']}: val {100 * val:.2f}% test {100 * test:.2f}% "
               f"({time.monotonic() - started:.0f} s)", flush=True)
     uniform_val, uniform_test = val_and_test(task, uniform)
     best_counts = np.array(policies[0]["counts"])
