@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) ->
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--episodes", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: write the tables from the parts already finished")
     args = common.parse_args(parser, argv)
     common.resolve_val_size(args)
     parts = Path(args.runs) / f"bench-baselines_v{args.val_size}_s{args.seed}"
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) ->
         for ratio in (float(b) for b in args.budgets.split(",")):
             for method in args.methods.split(","):
                 part = parts / f"{model}_f{round(100 * ratio)}_{method}.json"
-                if part.exists():
+                if part.exists() or args.report_only:
                     continue
                 task = task or common.task_from_args(args, model=model, checkpoint=checkpoint)
                 row = {"model": model, "budget": ratio, "method": method,
