@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) ->
                         help="run nothing: write the tables from the parts already finished")
     args = common.parse_args(parser, argv)
     common.resolve_val_size(args)
+    args.command = args.command.replace(" --report-only", "")  # the tables name the command that makes the parts
     parts = Path(args.runs) / f"bench-baselines_v{args.val_size}_s{args.seed}"
     for model, checkpoint in common.models(args):
         task: Task | None = None
