@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) ->
         f"{common.header(summary)} Reward split: {args.val_size} held-out TRAIN images; selection split: "
         f"{SearchConfig.select_size} other TRAIN images; random search and AMC evaluate {args.episodes} episodes "
         "and choose among their 8 best distinct rewards on the selection split; \"by reward\": their policy with "
-        "the best reward (the choice before the selection split).",
+        "the best reward (the choice before the selection split); amc+: the same search with the dp and sensitivity "
+        "policies added to its final selection (`--baseline-candidates dp,sensitivity`).",
         "",
         "| model | FLOPs budget | dense | " + " | ".join(METHODS) + " | random by reward | amc by reward |",
         "|---|---|---|" + "---|" * (len(METHODS) + 2),
