@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from agents.config import SearchConfig
-from agents.selection import DEFAULT_TOP, FinalSelection, has_selection_split, select_final
+from agents.selection import DEFAULT_TOP, FinalSelection, select_final
 from amc.engine.budget import Budget, CostFn, check_reachable, cost_function, ratio_counts, uniform_counts
 from amc.errors import AmcError
 from amc.policy import Policy
@@ -92,12 +92,9 @@ def _grid(ratios: Sequence[float]) -> tuple[float, ...]:
 
 
 def _evaluate(task: Task, counts: np.ndarray, method: str, evaluations: int, started: float) -> BaselineResult:
-    if not has_selection_split(task.evaluator):
-        result = task.evaluator(counts)
-        return BaselineResult(method, counts, result.accuracy, result.loss, evaluations, time.monotonic() - started)
     val, select = task.evaluator.rescore(counts)
     return BaselineResult(method, counts, val.accuracy, val.loss, evaluations, time.monotonic() - started,
-                          select.accuracy)
+                          None if select is None else select.accuracy)
 
 
 def uniform(task: Task, budget: Budget, lbound: float = 0.0) -> BaselineResult:

@@ -21,7 +21,9 @@ import pickle
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
+
+import numpy as np
 
 from agents.config import read_config_json
 from amc.errors import AmcError, one_line
@@ -190,3 +192,7 @@ class EpisodeLog:
         """The kept channels of every group's producer in one row, in group order (a group cut into sections
         counts every section: divide by `ChannelGroup.sections` for the pruner's counts)."""
         return [int(row[f"keep:{n}"]) for n in self.group_names]
+
+    def unit_counts(self, row: dict[str, str], sections: Sequence[int]) -> np.ndarray:
+        """The pruner's kept counts [G] of one row: `counts` divided by each group's `sections`."""
+        return np.array(self.counts(row)) // np.asarray(sections)

@@ -256,7 +256,7 @@ def _search(config: SearchConfig, run: RunFolder, task: Task, resume: bool, prog
     atomic_copy(run.ckpt / "agent.zip", run.path / "agent.zip")
 
     rows = log.read()
-    final, selection = _final_selection(task, config, rows, state.best)
+    final, selection = _final_selection(task, config, run.path, log, rows, state.best)
     final.save(run.path / "best_policy.json")
     flat = uniform_counts(task.pruner, env.cost, env.target)
     uniform = _policy(task, config, flat.tolist(), method="uniform", **_accuracies(task, flat))
@@ -268,24 +268,21 @@ def _search(config: SearchConfig, run: RunFolder, task: Task, resume: bool, prog
 
 def _accuracies(task: Task, counts: np.ndarray) -> dict[str, float]:
     """`val_accuracy` of `counts` on all of val, and `select_accuracy` when the task has a selection split."""
-    if task.evaluator.select_y is None:
-        return {"val_accuracy": task.evaluator(counts).accuracy}
     val, select = task.evaluator.rescore(counts)
-    return {"val_accuracy": val.accuracy, "select_accuracy": select.accuracy}
+    return {"val_accuracy": val.accuracy, **({} if select is None else {"select_accuracy": select.accuracy})}
 
 
-def _final_selection(task: Task, config: SearchConfig, rows: list[dict[str, str]],
+def _final_selection(task: Task, config: SearchConfig, folder: Path, log: EpisodeLog, rows: list[dict[str, str]],
                      by_reward: Policy) -> tuple[Policy, FinalSelection | None]:
     """The final policy: the most accurate on the selection split of the `config.select_top` best distinct
     policies of the episode log (written to `final_selection.json`), or the best reward's without a selection
     split."""
-    sections = np.array([g.sections for g in task.pruner.groups])
-    log = EpisodeLog(Path(config.out) / "episodes.csv", task.pruner.names)
-    scored = ((np.array(log.counts(row)) // sections, float(row["reward"]), int(row["episode"])) for row in rows)
+    sections = [g.sections for g in task.pruner.groups]
+    scored = ((log.unit_counts(row, sections), float(row["reward"]), int(row["episode"])) for row in rows)
     selection = select_final(task.evaluator, scored, config.select_top, baseline_policies(task, config))
     if selection is None:
         return by_reward, None
-    atomic_write_json(Path(config.out) / "final_selection.json", selection.to_dict())
+    atomic_write_json(folder / "final_selection.json", selection.to_dict())
     best = selection.best
     source = {} if best.source == "amc" else {"source": best.source}
     final = _policy(task, config, best.counts, method="amc", episode=best.episode, reward=best.reward,
@@ -298,7 +295,7 @@ def baseline_policies(task: Task, config: SearchConfig) -> list[tuple[np.ndarray
     """The policies of `config.baseline_candidates` at the search's budget and lower bound, as (counts [G],
     baseline name); one sensitivity table serves them all."""
     names = config.baseline_names()
-    if not names or task.evaluator.select_y is None:
+    if not names or not task.evaluator.has_selection:
         return []
     from agents.baselines import BASELINES, sensitivity_table  # the baselines import the search's config
 

@@ -77,11 +77,6 @@ def best_distinct(scored: Iterable[tuple[np.ndarray, float, int]], top: int) -> 
     return sorted(best.values(), key=lambda c: (-c[1], c[2]))[:top]
 
 
-def has_selection_split(evaluator: RewardEvaluator) -> bool:
-    """Whether the task was prepared with a selection split (`prepare_task(select_size=...)`)."""
-    return evaluator.select_y is not None and len(evaluator.select_y) > 0
-
-
 def select_final(evaluator: RewardEvaluator, scored: Iterable[tuple[np.ndarray, float, int]],
                  top: int = DEFAULT_TOP, others: Sequence[tuple[np.ndarray, str]] = ()) -> FinalSelection | None:
     """Score the `top` best distinct policies of `scored` (counts [G], reward, episode), and the policies of
@@ -90,7 +85,7 @@ def select_final(evaluator: RewardEvaluator, scored: Iterable[tuple[np.ndarray, 
     higher reward, then to the searched policy). None when the evaluator has no selection split, `top` is 0 or
     nothing was scored. Costs one evaluation per candidate.
     """
-    candidates = best_distinct(scored, top) if top > 0 and has_selection_split(evaluator) else []
+    candidates = best_distinct(scored, top) if top > 0 and evaluator.has_selection else []
     if not candidates:
         return None
     rescored = []

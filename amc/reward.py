@@ -62,8 +62,8 @@ class RewardEvaluator:
     channels-last when the model accepts it, in `dtype` (default `amc.engine.device.fast_dtype`: bfloat16 where
     the hardware computes it natively, else float32; the re-fit and BatchNorm statistics stay float32). The val
     images are held in a seeded random order, so any prefix of them is a uniform sample (`RacingReward`).
-    `select_x` [M, C, H, W] and `select_y` [M] are the selection split (normalized; None: none), scored only by
-    `rescore`.
+    `select_x` [M, C, H, W] and `select_y` [M] are the selection split (normalized; None or empty: none), scored
+    only by `rescore`.
     """
 
     def __init__(self, pruner: ChannelPruner, val_x: torch.Tensor, val_y: torch.Tensor, *,
@@ -81,8 +81,9 @@ class RewardEvaluator:
         order = torch.randperm(len(val_x), generator=torch.Generator().manual_seed(seed))
         self.val_x, self.val_y = layout(val_x[order].to(self.device)), val_y[order].to(self.device)
         self.refit_x = None if refit_x is None else layout(refit_x.to(self.device))
-        self.select_x = None if select_x is None else layout(select_x.to(self.device))
-        self.select_y = None if select_y is None else select_y.to(self.device)
+        empty = select_y is None or not len(select_y)  # one way to say "no selection split": None
+        self.select_x = None if empty else layout(select_x.to(self.device))
+        self.select_y = None if empty else select_y.to(self.device)
         self.targets: dict[str, Target] = {}
         if reconstruct == "sequential":
             self.targets = collect_targets(pruner.model, pruner.consumers, self.refit_x, positions=positions, seed=seed)
@@ -119,21 +120,22 @@ class RewardEvaluator:
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             return correct_and_loss(model, x, y)
 
-    def rescore(self, counts: np.ndarray) -> tuple[Evaluation, Evaluation]:
-        """The policy `counts` [G] scored on all of val and on the selection split, from one pruned model.
+    @property
+    def has_selection(self) -> bool:
+        """Whether the evaluator holds a selection split (`prepare_task(select_size=...)`)."""
+        return self.select_y is not None
 
-        Raises:
-            ValueError: the evaluator has no selection split.
-        """
-        if self.select_y is None or not len(self.select_y):
-            raise ValueError("this evaluator has no selection split (prepare the task with select_size > 0)")
+    def rescore(self, counts: np.ndarray) -> tuple[Evaluation, Evaluation | None]:
+        """The policy `counts` [G] scored on all of val and on the selection split (None without one), from one
+        pruned model."""
         model = self.inference_model(counts)
         scored = []
         for x, y in ((self.val_x, self.val_y), (self.select_x, self.select_y)):
-            correct, loss = self._score(model, x, y)
-            scored.append(Evaluation(correct / len(y), loss / len(y), len(y)))
+            if y is not None:
+                correct, loss = self._score(model, x, y)
+                scored.append(Evaluation(correct / len(y), loss / len(y), len(y)))
         release_free_memory()
-        return scored[0], scored[1]
+        return scored[0], scored[1] if self.has_selection else None
 
     def __call__(self, counts: np.ndarray) -> Evaluation:
         correct, loss = self.score(self.inference_model(counts))
@@ -297,7 +299,7 @@ def prepare_task(
         select_x, select_y = images[:select_size], held.labels[order][:select_size]
         val_x, val_y = images[select_size:], held.labels[order][select_size:]
     evaluator = RewardEvaluator(pruner, val_x, val_y, refit_x=refit_x, reconstruct=reconstruct, seed=seed + 3,
-                                select_x=select_x if len(select_y) else None, select_y=select_y if len(select_y) else None)
+                                select_x=select_x, select_y=select_y)
     return Task(trained, data, pruner, evaluator, train_idx, val_idx, settings, select_idx)
 
 

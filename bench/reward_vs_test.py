@@ -84,7 +84,7 @@ def result_name(run: Path, config: SearchConfig) -> str:
 def policy_counts(log: EpisodeLog, pruner: ChannelPruner, row: dict[str, str]) -> np.ndarray:
     """The kept channel counts [G] an `episodes.csv` row logged."""
     if f"keep:{pruner.names[0]}" in row:
-        return np.array(log.counts(row)) // np.array([g.sections for g in pruner.groups])
+        return log.unit_counts(row, [g.sections for g in pruner.groups])
     # Run folders of the amc before `keep:` columns (commit 7caf9d7) logged each group's kept fraction with
     # 4 decimals (`ratio:NAME`) instead; fraction x channels rounds back to the exact count.
     return ratio_counts(pruner, np.array([float(row[f"ratio:{n}"]) for n in pruner.names]))

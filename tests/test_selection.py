@@ -38,6 +38,10 @@ class FakeEvaluator:
         self.scores, self.rescored = scores, []
         self.val_y, self.select_y = torch.zeros(50), torch.zeros(20)
 
+    @property
+    def has_selection(self):
+        return self.select_y is not None
+
     def rescore(self, counts):
         self.rescored.append(tuple(counts))
         val, select = self.scores[tuple(counts)]
