@@ -269,7 +269,7 @@ def prepare_task(
         if val_size is not None:
             raise AmcError("--val-size holds TRAIN images out for the rewards, but --reward-data supplies them: "
                            "drop --val-size")
-        held = _reward_folder(reward_data, data, select_size, seed)
+        held = _reward_folder(reward_data, data, select_size)
         train_idx, val_idx = torch.arange(len(data.train)), torch.empty(0, dtype=torch.int64)
     pruner = ChannelPruner(trained.module, trained.input_shape, selection=selection)
     if not pruner.groups:
@@ -303,7 +303,7 @@ def prepare_task(
     return Task(trained, data, pruner, evaluator, train_idx, val_idx, settings, select_idx)
 
 
-def _reward_folder(folder: str | Path, data: Dataset, select_size: int, seed: int) -> ImageSet:
+def _reward_folder(folder: str | Path, data: Dataset, select_size: int) -> ImageSet:
     """The user's validation images of `folder` (see `prepare_task`), checked against the dataset."""
     held = load_labelled_folder(folder, data.classes)
     if tuple(held.images.shape[1:]) != tuple(data.image_shape):
