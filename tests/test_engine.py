@@ -22,7 +22,7 @@ from amc.engine.measure import inference_copy, latency
 from amc.engine.pruner import ChannelPruner
 from amc.engine.reconstruct import _patch_rows, _rows, greedy_order, recalibrate_batchnorm, refit
 from amc.errors import AmcError
-from amc.models import create_model
+from amc.models import create_model, list_models
 from amc.models.trained import load_trained_model
 from amc.models.zoo import digits_checkpoint
 from amc.reward import RewardEvaluator
@@ -162,13 +162,47 @@ def test_all_groups_at_once_prune_like_masking_and_cost_is_exact(analyse: Callab
     )
 
 
-def test_resnet56_groups_are_block_internal(analyse: Callable[[str], Analysed]) -> None:
+# the registry's models at their smallest honest input: 8x8 digits, 32x32 CIFAR, 64x64 for the ImageNet ones
+REGISTRY_SHAPES = {"digits_cnn": (1, 8, 8), "mobilenet": (3, 64, 64), "mobilenet_v2": (3, 64, 64),
+                   "mobilenet_v3_large": (3, 64, 64), "resnet18": (3, 64, 64), "resnet34": (3, 64, 64),
+                   "resnet50": (3, 64, 64)}
+
+
+def test_registry_shapes_cover_every_model_not_tested_above() -> None:
+    assert set(list_models()) - set(MODELS) - {"resnet20", "resnet32", "resnet44", "resnet110"} <= set(REGISTRY_SHAPES)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY_SHAPES))
+def test_every_registry_model_prunes_like_masking_with_no_group_excluded(name: str) -> None:
+    """Every group passed the pruned == masked check when the pruner was built (a failure is a warning); all of
+    them pruned at once must still equal masking, with MACs and parameters as the cost model says."""
+    shape = REGISTRY_SHAPES[name]
+    torch.manual_seed(0)
+    model = randomize_batchnorm(create_model(name, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an excluded group, or a layer no group covers, fails the test
+        pruner = ChannelPruner(model, shape)
+    assert pruner.groups
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(3))
+    keep = random_keep(pruner, np.random.default_rng(3), pruner.names)
+    pruned = assert_prune_equals_mask(pruner, keep, x)
+    counts = np.array([len(keep[n]) for n in pruner.names])
+    assert count_macs_params(pruned, shape) == (int(pruner.cost.macs(counts)), int(pruner.cost.params(counts)))
+
+
+def test_resnet56_groups_are_block_internal_and_one_per_residual_stream(analyse: Callable[[str], Analysed]) -> None:
     pruner, shape, caught = analyse("resnet56")
-    expected = [f"layer{stage}.{block}.conv1" for stage in (1, 2, 3) for block in range(9)]
-    assert pruner.names == expected
-    assert [g.consumer for g in pruner.groups] == [n.replace("conv1", "conv2") for n in expected]
-    # The residual channels are coupled through the zero-pad shortcut, which Torch-Pruning mis-maps.
-    assert any("excluded" in message for message in caught)
+    internal = [f"layer{stage}.{block}.conv1" for stage in (1, 2, 3) for block in range(9)]
+    streams = ["conv1", "layer2.0.conv2", "layer3.0.conv2"]  # each stage's residual width, named by its producer
+    assert sorted(pruner.names) == sorted(internal + streams)
+    assert not caught, caught  # the zero-pad shortcuts are index maps now: no group is excluded
+    groups = {g.name: g for g in pruner.groups}
+    assert [groups[n].consumer for n in internal] == [n.replace("conv1", "conv2") for n in internal]
+    # a stage's stream is every block's conv2 output, every conv1 input, and the shortcut on either side of it
+    stage2 = {(it.module, it.kind) for it in groups["layer2.0.conv2"].items}
+    assert {(f"layer2.{b}.conv2", "out") for b in range(9)} | {(f"layer2.{b}.conv1", "in") for b in range(1, 9)} <= stage2
+    assert {("layer2.0.shortcut", "map_out"), ("layer3.0.shortcut", "map_in"), ("layer3.0.conv1", "in")} <= stage2
+    assert ("linear", "in") in {(it.module, it.kind) for it in groups["layer3.0.conv2"].items}
     assert count_macs_params(pruner.model, shape) == (125_485_696, 853_018)
     assert int(pruner.cost.macs(pruner.channels)) == 125_485_696
     assert int(pruner.cost.params(pruner.channels)) == 853_018

@@ -77,8 +77,9 @@ class CostModel:
                     self._norm_cut[norm_index[item.module], j] += item.per_channel
                 elif item.kind == "out":
                     self._out_cut[index[item.module], j] += item.per_channel
-                else:
+                elif item.kind == "in":
                     self._in_cut[index[item.module], j] += item.per_channel
+                # a ChannelMap ("map_in", "map_out") moves channels: no MACs, no parameters
         self.other_macs = 0  # MACs outside conv/Linear layers (e.g. attention products): see ChannelPruner
         modelled = set(names) | set(norms)
         self._fixed_params = sum(

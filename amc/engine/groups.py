@@ -16,16 +16,18 @@ import warnings
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from amc.engine.channel_map import ChannelMap, channel_map_pruners, traced_as_one_op
 from amc.engine.hooks import forward_hooks
 from amc.errors import AmcError, first
 
-ItemKind = Literal["out", "in", "norm"]
+ItemKind = Literal["out", "in", "norm", "map_in", "map_out"]
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 _LAYERS = (nn.Conv2d, nn.Linear)
 
@@ -214,33 +216,40 @@ def mask_copy(model: nn.Module, groups: Sequence[ChannelGroup], keep: dict[str, 
 
 
 def _zero_consumed(modules: dict[str, nn.Module], group: ChannelGroup, kept: torch.Tensor,
-                   saved: list[tuple[torch.Tensor, list[int], torch.Tensor]]) -> None:
-    """Zero the consuming weights of the group's removed channels in place (under no_grad), appending
-    (weight, columns, their old values) to `saved` before each change, so that it can be undone."""
+                   undo: list[Callable[[], None]]) -> None:
+    """Zero the consuming weights of the group's removed channels in place (under no_grad), and stop the
+    shortcuts that carry them on (`ChannelMap.mask_inputs`), appending to `undo` a call that reverts each
+    change."""
     for (name, kind), idxs in group.removed_by_module(kept).items():
         if kind == "in" and idxs:
             weight = modules[name].weight
-            saved.append((weight, idxs, weight[:, idxs].clone()))
+            undo.append(partial(weight.__setitem__, (slice(None), idxs), weight[:, idxs].clone()))
             weight[:, idxs] = 0.0
+        elif kind == "map_in" and idxs:
+            shortcut = modules[name]
+            undo.append(partial(shortcut.set_index, shortcut.index.clone()))
+            shortcut.mask_inputs(idxs)
 
 
 @contextmanager
 def _masked(model: nn.Module, group: ChannelGroup, kept: torch.Tensor) -> Iterator[None]:
-    """`model` as `mask_copy` makes it, for the block: zeroed in place, and restored afterwards."""
-    saved: list[tuple[torch.Tensor, list[int], torch.Tensor]] = []
+    """`model` as `mask_copy` makes it, for the block: masked in place, and restored afterwards."""
+    undo: list[Callable[[], None]] = []
     with torch.no_grad():
         try:
-            _zero_consumed(dict(model.named_modules()), group, kept, saved)
+            _zero_consumed(dict(model.named_modules()), group, kept, undo)
             yield
         finally:
-            for weight, idxs, values in reversed(saved):
-                weight[:, idxs] = values
+            for revert in reversed(undo):
+                revert()
 
 
 def _classify(dg: tp.DependencyGraph, module: nn.Module, handler: Callable) -> ItemKind | None:
     """Item kind of a (module, handler) pair, or None for an unsupported module type."""
     if isinstance(module, _NORMS):
         return "norm"
+    if isinstance(module, ChannelMap):
+        return "map_out" if dg.is_out_channel_pruning_fn(handler) else "map_in"
     if is_depthwise(module):
         return "out"
     if isinstance(module, _LAYERS):
@@ -373,8 +382,9 @@ def find_groups(
     output_layer = max(layers.values(), key=lambda info: info.order).name
     skip = [model.get_submodule(n) for n in (output_layer, *ignored)]
     names = _module_names(model)
-    with torch.enable_grad():
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example[:1], verbose=False)
+    with torch.enable_grad(), traced_as_one_op():
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example[:1], verbose=False,
+                                                   customized_pruners=channel_map_pruners(model))
     groups: list[ChannelGroup] = []
     seen: set[str] = set()  # layers whose output channels some group, kept or excluded with a warning, covers
     for tp_group in dg.get_all_groups(ignored_layers=skip, root_module_types=_LAYERS):

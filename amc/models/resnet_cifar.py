@@ -6,30 +6,28 @@ State-dict names follow the widely shared CIFAR port: conv1, bn1, layer{1,2,3}.{
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from amc.engine.channel_map import ChannelMap
 from amc.models.registry import register_model
 
 _STAGE_WIDTHS = (16, 32, 64)
 
 
-class PadShortcut(nn.Module):
+class PadShortcut(ChannelMap):
     """Option-A shortcut: subsample the map by 2 and zero-pad the channels, adding no parameters.
 
-    [N, C, H, W] -> [N, C + 2 * pad, ceil(H / 2), ceil(W / 2)].
+    [N, C, H, W] -> [N, C + 2 * pad, ceil(H / 2), ceil(W / 2)]. Written as an index map (input channel i lands
+    at channel i + pad) so that the residual width of each stage is a channel group that pruning can narrow:
+    pruning renumbers the map (`amc.engine.channel_map`).
     """
 
-    def __init__(self, pad: int) -> None:
-        super().__init__()
+    def __init__(self, in_channels: int, pad: int) -> None:
+        super().__init__(in_channels, in_channels + 2 * pad, torch.arange(in_channels) + pad, stride=2)
         self.pad = pad
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad), "constant", 0)
-
-    def extra_repr(self) -> str:
-        return f"pad={self.pad}"
 
 
 class BasicBlock(nn.Module):
@@ -47,7 +45,7 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module | None = None
         if residual:
             changes_shape = stride != 1 or in_planes != planes
-            self.shortcut = PadShortcut(planes // 4) if changes_shape else nn.Identity()
+            self.shortcut = PadShortcut(in_planes, planes // 4) if changes_shape else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
