@@ -52,8 +52,9 @@ class RewardEvaluator:
     `val_x` [N, C, H, W] are normalized val images, `val_y` [N] labels; `refit_x` are normalized TRAIN
     images on which the pruned network is re-fitted and its BatchNorm statistics re-estimated (None:
     keep the original statistics). `reconstruct` picks the re-fit of the layers that consume pruned
-    channels: `sequential` (the default; needs `refit_x`) re-fits the conv consumers in one pass of the
-    pruned network over `refit_x`, on its own inputs, against the original outputs at `positions` sampled
+    channels: `sequential` (the default; needs `refit_x`) re-fits every conv that reads pruned channels
+    (`ChannelPruner.readers`: each block of a residual stream) in one pass of the pruned network over `refit_x`,
+    on its own inputs, against the original outputs at `positions` sampled
     positions per image (Linear consumers keep the Gram re-fit); `gram` re-fits each layer from the
     original network's input statistics only (`ChannelPruner.calibrate`); `none` only selects channels.
 
@@ -86,7 +87,7 @@ class RewardEvaluator:
         self.select_y = None if empty else select_y.to(self.device)
         self.targets: dict[str, Target] = {}
         if reconstruct == "sequential":
-            self.targets = collect_targets(pruner.model, pruner.consumers, self.refit_x, positions=positions, seed=seed)
+            self.targets = collect_targets(pruner.model, pruner.readers, self.refit_x, positions=positions, seed=seed)
         self._foldable = True
 
     def prune(self, counts: np.ndarray) -> nn.Module:

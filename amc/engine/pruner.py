@@ -108,6 +108,14 @@ class ChannelPruner:
         return [g.consumer for g in self.groups if g.consumer is not None]
 
     @property
+    def readers(self) -> list[str]:
+        """Every conv/Linear that reads some group's channels, in execution order: the layers whose input pruning
+        narrows, which the sequential re-fit reconstructs (a superset of `consumers`: a residual stream has one
+        reader per block)."""
+        names = {it.module for g in self.groups for it in g.items if it.kind == "in"}
+        return sorted(names, key=lambda n: self.layers[n].order)
+
+    @property
     def channels(self) -> np.ndarray:
         """Channels of every group in the unpruned model, shape [G]."""
         return self.cost.full
