@@ -65,6 +65,8 @@ class SearchConfig:
     baseline_candidates: str = ""
     """comma-separated baselines (dp, sensitivity) whose policies join the final selection as candidates
     (`agents.baselines`; costs their sensitivity table; acc reward, flops or params budget)"""
+    ignore: str = ""
+    """comma-separated layers whose output channels are never pruned (`amc.engine.groups.find_groups`)"""
     seed: int = 0
     """seed of the split, the calibration sample and the agent"""
     algo: str = "ddpg"
@@ -145,7 +147,8 @@ class SearchConfig:
         """The arguments of `amc.reward.prepare_task` this config implies (compared with `Task.settings`)."""
         return dict(model=self.model, checkpoint=self.checkpoint, dataset=self.dataset, data_dir=self.data_dir,
                     val_size=self.val_size, seed=self.seed, calib_size=self.calib_size, refit_size=self.refit_size,
-                    selection=self.selection, select_size=self.select_size, reward_data=self.reward_data)
+                    selection=self.selection, select_size=self.select_size, reward_data=self.reward_data,
+                    ignore=self.ignore)
 
     def prepare_task(self) -> Any:
         """The `amc.reward.Task` this config searches: model, data, analysis and the reward evaluation."""

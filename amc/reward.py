@@ -24,6 +24,7 @@ from amc.data.split import split_train_val
 from amc.data.transforms import normalize
 from amc.engine import Selection
 from amc.engine.device import fast_dtype, resolve_device
+from amc.engine.groups import layer_names
 from amc.engine.measure import accepts_channels_last, accuracy, correct_and_loss, fold_batchnorm, to_channels_last
 from amc.engine.memory import release_free_memory
 from amc.engine.pruner import ChannelPruner
@@ -226,6 +227,7 @@ def prepare_task(
     reconstruct: Reconstruction = "sequential",
     select_size: int = 1000,
     reward_data: str | Path | None = None,
+    ignore: str = "",
     device: str | torch.device = "cpu",
 ) -> Task:
     """Load, split, analyse and calibrate: the one-time set-up of a search (see the module docstring).
@@ -245,7 +247,8 @@ def prepare_task(
     a folder of the user's own validation images in class folders (`load_labelled_folder`, the dataset's
     class names), rewards and the selection split come from it instead (`select_size` of its images for the
     selection split, the rest for rewards), and every TRAIN image may feed the calibration; `val_size` must
-    then be None.
+    then be None. `ignore` names layers (comma-separated) whose output channels are never pruned
+    (`find_groups`).
 
     Raises:
         AmcError: an unavailable device, a model without prunable groups, a `reward_data` folder whose images
@@ -257,7 +260,7 @@ def prepare_task(
                     data_dir=None if data_dir is None else str(data_dir), val_size=val_size, seed=seed,
                     calib_size=calib_size, refit_size=refit_size, positions=positions, selection=selection,
                     reconstruct=reconstruct, select_size=select_size,
-                    reward_data=None if reward_data is None else str(reward_data))
+                    reward_data=None if reward_data is None else str(reward_data), ignore=ignore)
     # the device is not a setting: a search may resume on another one
     if not (isinstance(select_size, int) and select_size >= 0):
         raise AmcError(f"--select-size {select_size} must be a count of images (0: no final selection)")
@@ -272,7 +275,7 @@ def prepare_task(
                            "drop --val-size")
         held = _reward_folder(reward_data, data, select_size)
         train_idx, val_idx = torch.arange(len(data.train)), torch.empty(0, dtype=torch.int64)
-    pruner = ChannelPruner(trained.module, trained.input_shape, selection=selection)
+    pruner = ChannelPruner(trained.module, trained.input_shape, selection=selection, ignored=layer_names(ignore))
     if not pruner.groups:
         raise AmcError(f"model {model} has no prunable channel group; amc prunes conv and Linear channels")
     trained.module.to(device)  # in place: the pruner's groups and layers are the same modules

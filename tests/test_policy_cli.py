@@ -179,10 +179,19 @@ def test_cli_profile_json_needs_only_shapes(capsys: pytest.CaptureFixture[str]) 
     assert code == 0, err
     result = json.loads(out)
     assert result["macs"] == 40_551_040 and result["params"] == 269_722
-    names_channels = [(g["name"], g["channels"]) for g in result["groups"]]
-    assert names_channels[:2] == [("layer1.0.conv1", 16), ("layer1.1.conv1", 16)]
-    assert len(result["groups"]) == 9
-    assert all(g["consumer"] == g["name"].replace("conv1", "conv2") for g in result["groups"])
+    groups = {g["name"]: g for g in result["groups"]}
+    streams = ["conv1", "layer2.0.conv2", "layer3.0.conv2"]  # each stage's residual width
+    assert [(n, groups[n]["channels"], groups[n]["consumer"]) for n in streams] == [
+        ("conv1", 16, None), ("layer2.0.conv2", 32, None), ("layer3.0.conv2", 64, None)]
+    # the stage-1 stream sets the stem, three conv2 outputs and four conv1 inputs
+    assert len(groups["conv1"]["layers"]) == 8
+    internal = [g for g in result["groups"] if g["name"] not in streams]
+    assert len(internal) == 9 and all(g["consumer"] == g["name"].replace("conv1", "conv2") for g in internal)
+    code, out, err = run(capsys, "profile", "--model", "resnet20", "--ignore", ",".join(streams), "--json")
+    assert code == 0, err
+    assert [g["name"] for g in json.loads(out)["groups"]] == [g["name"] for g in internal]
+    code, _, err = run(capsys, "profile", "--model", "resnet20", "--ignore", "layer9.conv1")
+    assert_user_error(code, err, "--ignore names layer9.conv1")
 
 
 def test_cli_uniform_latency_baseline_channels_last(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -132,6 +132,12 @@ SHARED_FLAGS: dict[str, AddShared] = {
         help="your own validation images, DIR/<class>/*, for the rewards and the selection split instead of "
         "held-out TRAIN images (use it when the model was trained on every TRAIN image)",
     ),
+    "ignore": _flag(
+        "--ignore", metavar="LAYERS", default="",
+        help="comma-separated layers whose output channels are never pruned: every channel group that would narrow "
+        "one keeps its full width (e.g. a ResNet's residual streams: conv1,layer2.0.conv2,layer3.0.conv2; "
+        "amc profile lists the groups)",
+    ),
     "selection": _flag(
         "--selection", choices=SELECTIONS,
         help="how a group's kept channels are chosen: ls (default: greedy least squares on the calibration "

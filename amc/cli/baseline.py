@@ -24,13 +24,14 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 @command(
     "baseline", "write a baseline pruning policy that meets a budget",
     shared=("device", "model", "checkpoint", "dataset", "data_dir", "input_shape", "out", "force",
-            "budget", "seed", "val_size", "reward_data", "selection"),
+            "budget", "seed", "val_size", "reward_data", "selection", "ignore"),
     required=("model", "out", "budget"),
     arguments=_arguments,
 )
 def run(args: argparse.Namespace) -> int:
     from amc.cli import common
     from amc.engine.budget import check_reachable, cost_function, uniform_counts
+    from amc.engine.groups import layer_names
     from amc.engine.latency import LatencyTable
     from amc.engine.pruner import ChannelPruner
     from amc.errors import AmcError
@@ -47,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
                                        args.input_shape)
         # without data no channels are chosen by least squares: record the weight norm apply will use
         pruner = ChannelPruner(trained.module, trained.input_shape,
-                               selection=args.selection or ("ls" if args.dataset else "l1"))
+                               selection=args.selection or ("ls" if args.dataset else "l1"),
+                               ignored=layer_names(args.ignore))
         table = (LatencyTable.measure(pruner, batch_size=args.latency_batch, channels_last=args.latency_channels_last)
                  if budget.kind == "latency" else None)
         cost = cost_function(pruner, budget.kind, table)
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
         task = prepare_task(args.model, args.checkpoint, args.dataset, args.data_dir, val_size=args.val_size,
                             seed=args.seed, selection=args.selection or "ls", select_size=args.select_size,
-                            reward_data=args.reward_data, device=args.device)
+                            reward_data=args.reward_data, ignore=args.ignore, device=args.device)
         found = run_baseline(args.method, task, budget, episodes=args.episodes, seed=args.seed, lbound=lbound)
         extra = {"val_accuracy": found.val_accuracy, "evaluations": found.evaluations, "seed": args.seed}
         if found.select_accuracy is not None:

@@ -361,6 +361,11 @@ def verify_group(model: nn.Module, group: ChannelGroup, example: torch.Tensor, s
     return None
 
 
+def layer_names(text: str) -> list[str]:
+    """The layer names of a comma-separated list (the `--ignore` flag), blanks dropped."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def find_groups(
     model: nn.Module,
     example: torch.Tensor,
@@ -370,9 +375,13 @@ def find_groups(
 ) -> tuple[list[ChannelGroup], dict[str, LayerInfo]]:
     """Find the prunable channel groups of `model`, verified, in execution order.
 
-    `example` is an input batch (e.g. [4, 3, 32, 32]); the layer producing the network's output and
-    the modules named in `ignored` are never pruned. Returns the groups and the traced layer table.
-    Groups that fail verification are excluded with a warning naming the reason.
+    `example` is an input batch (e.g. [4, 3, 32, 32]); the layer producing the network's output is never pruned,
+    and a group that would narrow the output of a layer named in `ignored` is left out (a residual stream with
+    one of its producers). Returns the groups and the traced layer table. Groups that fail verification are
+    excluded with a warning naming the reason.
+
+    Raises:
+        AmcError: a name in `ignored` that is not a conv or Linear layer of the model.
     """
     model.eval()
     layers = trace_layers(model, example)
@@ -380,7 +389,11 @@ def find_groups(
         raise AmcError("the model has no Conv2d or Linear layer, so nothing for amc to prune; "
                        "amc prunes the channels of convolutional and linear layers")
     output_layer = max(layers.values(), key=lambda info: info.order).name
-    skip = [model.get_submodule(n) for n in (output_layer, *ignored)]
+    unknown = [n for n in ignored if n not in layers]
+    if unknown:
+        raise AmcError(f"--ignore names {first(unknown)}, which is not a conv or Linear layer of the model; "
+                       "`amc profile` lists the layers of each channel group")
+    skip = [model.get_submodule(output_layer)]
     names = _module_names(model)
     with torch.enable_grad(), traced_as_one_op():
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=example[:1], verbose=False,
@@ -390,6 +403,8 @@ def find_groups(
     for tp_group in dg.get_all_groups(ignored_layers=skip, root_module_types=_LAYERS):
         seen.update(names[it.dep.target.module] for it in tp_group.items if it.dep.target.module in names)
         built = _build_group(dg, tp_group, names, layers)
+        if not isinstance(built, str) and any(it.kind == "out" and it.module in ignored for it in built.items):
+            continue  # the user keeps these layers whole
         if isinstance(built, str):
             warnings.warn(f"channel group {names.get(tp_group[0].dep.target.module)} excluded: {built}")
             continue
