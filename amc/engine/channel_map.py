@@ -53,9 +53,11 @@ class ChannelMap(nn.Module):
             raise ValueError(f"a channel map sends its inputs to distinct outputs below {self.out_channels}")
         device = getattr(self, "index", index).device
         self.register_buffer("index", index.to(device), persistent=False)
-        # the gather / scatter form of the map, so that the forward pass needs no boolean mask (a device sync)
-        self.register_buffer("src", carried.nonzero().reshape(-1).to(device), persistent=False)
-        self.register_buffer("dst", dst.to(device), persistent=False)
+        # the map as a gather: output channel o reads input channel gather[o], or, where no input lands, a zero
+        # channel appended after the inputs (one indexing op: no device sync, and it traces with torch.fx)
+        gather = torch.full((self.out_channels,), len(index), dtype=torch.long)
+        gather[dst] = carried.nonzero().reshape(-1)
+        self.register_buffer("gather", gather.to(device), persistent=False)
         # a map that keeps every input in order at an offset is a zero pad: the fastest form, and the one of
         # the unpruned option-A shortcut
         offset = int(dst[0]) if len(dst) else 0
@@ -77,8 +79,7 @@ class ChannelMap(nn.Module):
             x = x[:, :, :: self.stride, :: self.stride]
         if self.pads is not None:
             return F.pad(x, (0, 0, 0, 0, *self.pads))
-        out = x.new_zeros(x.shape[0], self.out_channels, *x.shape[2:])
-        return out.index_copy(1, self.dst, x.index_select(1, self.src))
+        return F.pad(x, (0, 0, 0, 0, 0, 1)).index_select(1, self.gather)
 
     def mask_inputs(self, idxs: Sequence[int]) -> None:
         """Stop carrying input channels `idxs`: what pruning them does to the output."""
