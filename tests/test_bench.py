@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from amc.models import create_model
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 # the runnable benchmarks: every file with a command line (common.py and model files are modules)
@@ -130,3 +132,23 @@ def test_the_speed_benchmarks_run_end_to_end_on_the_embedded_model(bench, tmp_pa
                           "--warmup", "1", "--agreement", "2"], results)
     device = json.loads((results / "device_digits_cnn_f50.json").read_text())
     assert device["device"] == "cpu" and device["agreement"]["max_gap_points"] == 0
+
+
+@pytest.mark.slow
+def test_residual_streams_benchmark_searches_both_group_sets(bench, tmp_path: Path) -> None:
+    """bench/residual_streams.py on an untrained resnet20 and the synthetic images: the internal set ignores the
+    stream producers, the full set has one more group per stage, and every policy meets the budget."""
+    checkpoint = tmp_path / "resnet20.pt"
+    torch.manual_seed(0)
+    torch.save({"state_dict": create_model("resnet20").state_dict(), "arch": "resnet20", "num_classes": 10},
+               checkpoint)
+    results = tmp_path / "results"
+    bench("residual_streams").main(["--model", "resnet20", "--checkpoint", str(checkpoint), "--dataset", "synthetic",
+                                    "--val-size", "64", "--episodes", "3", "--warmup", "1",
+                                    "--runs", str(tmp_path / "runs")], results)
+    report = json.loads((results / "residual_streams_resnet20_f50.json").read_text())
+    internal, full = report["sets"]
+    assert (internal["groups"], full["groups"]) == (9, 12)
+    assert report["streams"].split(",")[:2] == ["conv1", "layer1.0.conv2"]
+    assert all(p["macs_ratio"] <= 0.5 for s in report["sets"] for p in s["policies"].values())
+    assert [r["model"] for r in report["latency"]][0] == "dense" and len(report["latency"]) == 5
