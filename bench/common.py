@@ -32,8 +32,8 @@ from amc.data import DATASETS  # noqa: E402
 from amc.engine import measure  # noqa: E402
 from amc.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
-# (key, batch size, channels-last) of every latency a benchmark reports
-LATENCY_SETTINGS = (("1", 1, False), ("64", 64, False), ("1 cl", 1, True), ("64 cl", 64, True))
+# the large batch of every latency a benchmark reports (beside batch 1), each in both memory layouts
+LARGE_BATCH = 64
 # data sets that load without --data-dir
 EMBEDDED_DATASETS = ("digits", "synthetic")
 
@@ -193,19 +193,26 @@ def write(name: str, report: dict[str, Any], lines: list[str], results: str | Pa
     print("\n".join(lines))
 
 
-def latencies(models: list[Any], shape: tuple[int, ...], **timing: Any) -> list[dict[str, dict[str, float]]]:
-    """Per model: `latency_ms` (median CPU ms) and `speedup` over the first model, keyed by
-    `LATENCY_SETTINGS`; the models are timed as deployed, in interleaved rounds (`amc.engine.measure.latencies`, which
-    takes `timing`: repeats, min_run_time)."""
+def latency_settings(large: int = LARGE_BATCH) -> list[tuple[str, int, bool]]:
+    """(key, batch size, channels-last) of every latency a benchmark reports: batch 1 and `large`, contiguous and
+    channels-last; the keys are "1", "64", "1 cl", "64 cl" for `large` 64."""
+    return [(f"{b}{' cl' if last else ''}", b, last) for last in (False, True) for b in (1, large)]
+
+
+def latencies(models: list[Any], shape: tuple[int, ...], large: int = LARGE_BATCH,
+              **timing: Any) -> list[dict[str, dict[str, float]]]:
+    """Per model: `latency_ms` (median CPU ms) and `speedup` over the first model, keyed as `latency_settings(large)`;
+    the models are timed as deployed, in interleaved rounds (`amc.engine.measure.latencies`, which takes `timing`:
+    repeats, min_run_time)."""
     ms: list[dict[str, float]] = [{} for _ in models]
-    for key, batch, channels_last in LATENCY_SETTINGS:
+    for key, batch, channels_last in latency_settings(large):
         for row, value in zip(ms, measure.latencies(models, shape, batch, channels_last=channels_last, **timing)):
             row[key] = value
     return [{"latency_ms": m, "speedup": {key: ms[0][key] / m[key] for key in m}} for m in ms]
 
 
-def latency_cells(row: dict[str, Any]) -> str:
-    """Markdown cells `ms @1 | ms @64 | speed-up @1 | speed-up @64`, each contiguous / channels-last."""
-    ms, up = row["latency_ms"], row["speedup"]
-    return (f"{ms['1']:.2f} / {ms['1 cl']:.2f} | {ms['64']:.1f} / {ms['64 cl']:.1f} | "
-            f"{up['1']:.2f}x / {up['1 cl']:.2f}x | {up['64']:.2f}x / {up['64 cl']:.2f}x |")
+def latency_cells(row: dict[str, Any], large: int = LARGE_BATCH) -> str:
+    """Markdown cells `ms @1 | ms @large | speed-up @1 | speed-up @large`, each contiguous / channels-last."""
+    ms, up, b = row["latency_ms"], row["speedup"], str(large)
+    return (f"{ms['1']:.2f} / {ms['1 cl']:.2f} | {ms[b]:.1f} / {ms[b + ' cl']:.1f} | "
+            f"{up['1']:.2f}x / {up['1 cl']:.2f}x | {up[b]:.2f}x / {up[b + ' cl']:.2f}x |")
