@@ -311,7 +311,8 @@ def latency_table(task: Task, folder: Path, batch_size: int = 1, channels_last: 
         try:
             return LatencyTable.from_dict(json.loads(path.read_text()))
         except Exception as exc:  # damaged: it is a cache of a measurement, so measure again
-            warnings.warn(f"{path} is damaged ({one_line(exc)[:80]}); measuring the latency table again")
+            warnings.warn(f"{path} is damaged or from an older amc ({one_line(exc)[:80]}); "
+                          "measuring the latency table again")
     table = LatencyTable.measure(task.pruner, batch_size=batch_size, channels_last=channels_last)
     atomic_write_json(path, table.to_dict())
     return table

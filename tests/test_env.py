@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers amc/ChannelPruning-v0)
@@ -152,6 +153,33 @@ def test_latency_budget_and_reward(pruners):
         assert table(np.array(info["counts"])) <= ratio * table.dense
         assert info["reward"] == pytest.approx(-0.5 * np.log(1000 * table(np.array(info["counts"]))))
     assert LatencyTable.from_dict(table.to_dict())(pruner.channels) == table(pruner.channels)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])
+def test_latency_table_is_exact_for_layers_timed_by_their_width_product(pruners, name, monkeypatch):
+    """A layer whose time is its input width times its output width (what a conv's MACs are) is predicted exactly
+    for any policy, even where one group cuts its input and another its output (a residual stream and a block):
+    the table interpolates each layer over both widths, not each group's saving alone."""
+    import amc.engine.latency as latency_module
+
+    pruner = pruners[name]
+    names = sorted(pruner.layers, key=lambda n: pruner.layers[n].order)
+
+    def product(widths):
+        ins, outs, _ = widths
+        return (ins * outs).sum(-1) * 1e-3 + 5.0  # 5 ms of layers no group narrows
+
+    monkeypatch.setattr(latency_module, "_time_ms", lambda layer, *rest: 1e-3 * (
+        layer.in_features * layer.out_features if isinstance(layer, torch.nn.Linear)
+        else layer.in_channels // layer.groups * layer.out_channels))
+    monkeypatch.setattr(latency_module, "latency", lambda *args, **kwargs: float(product(
+        pruner.cost.widths(pruner.channels))))
+    table = latency_module.LatencyTable.measure(pruner, points=3)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        keep = np.array([rng.integers(g.min_keep, g.channels + 1) for g in pruner.groups])
+        assert table(keep) == pytest.approx(product(pruner.cost.widths(keep)), rel=1e-9)
+    assert len(names) >= len(table.layers)
 
 
 def test_latency_table_in_channels_last_at_a_batch(pruners):

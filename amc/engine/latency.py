@@ -1,15 +1,18 @@
-"""A per-group latency table, measured once on the device the model will run on (SPDY-style).
+"""A per-layer latency table, measured once on the device the model will run on (SPDY-style).
 
-Latency is not a formula of channel counts, so it is measured: for every group g and every count n on a
-grid, the conv/Linear layers whose input or output g cuts are rebuilt at that width (every other group
-whole) and timed alone on one batch with `torch.utils.benchmark`, in the memory layout the model will
-run in (contiguous or channels-last). BatchNorm is not timed: deployment folds it into the conv. Between
-grid points the time is interpolated linearly. A policy's latency is then
+Latency is not a formula of channel counts, so it is measured: every conv/Linear layer that some group narrows is
+rebuilt at widths on a grid and timed alone on one batch with `torch.utils.benchmark`, in the memory layout the
+model will run in (contiguous or channels-last). A layer's input and output may be cut by two different groups
+(the conv1 of a ResNet block reads the residual stream and writes the block's own channels), and its time is not
+the sum of what each cut saves alone (it scales with their product), so such a layer is timed on a 2-D grid of
+(input width, output width) and interpolated bilinearly; a layer cut on one side only, on a 1-D grid. Layer widths
+follow from the kept counts exactly (`CostModel.widths`). BatchNorm is not timed: deployment folds it into the
+conv. A policy's latency is then
 
-    latency(keep) = dense latency - sum_g (t_g(channels_g) - t_g(keep_g))       [milliseconds]
+    latency(keep) = dense latency - sum_l (t_l(full widths) - t_l(widths_l(keep)))       [milliseconds]
 
-where the dense latency is a measured forward pass of the whole model. The table is a JSON object, so a
-run measures it once and reuses it on resume.
+where the dense latency is a measured forward pass of the whole model. The table is a JSON object, so a run
+measures it once and reuses it on resume.
 """
 
 from __future__ import annotations
@@ -45,66 +48,100 @@ def _time_ms(layer: nn.Module, x: torch.Tensor, threads: int, min_run_time: floa
         return 1000.0 * timer.blocked_autorange(min_run_time=min_run_time).median
 
 
-class LatencyTable:
-    """Latency in milliseconds of kept channel counts, from per-group timings (see the module doc).
+def _interp2(x: np.ndarray, y: np.ndarray, xs: np.ndarray, ys: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Bilinear interpolation of `table` [len(xs), len(ys)] at points (x, y) (same shapes), clamped to the grid;
+    a grid of one point along an axis is constant along it."""
+    def cell(v: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(grid) == 1:
+            return np.zeros(v.shape, dtype=int), np.zeros(v.shape)
+        v = np.clip(v, grid[0], grid[-1])
+        i = np.clip(np.searchsorted(grid, v, side="right") - 1, 0, len(grid) - 2)
+        return i, (v - grid[i]) / (grid[i + 1] - grid[i])
 
-    `grid` holds, per group, the channel counts measured (ascending, ending at the full count) and
-    `times` the summed latency of the group's layers at each of them; `dense` is the whole model's. The
-    table holds for one batch size, CPU thread count and memory layout.
+    (i, u), (j, w) = cell(x, xs), cell(y, ys)
+    i1, j1 = np.minimum(i + 1, len(xs) - 1), np.minimum(j + 1, len(ys) - 1)
+    return ((1 - u) * (1 - w) * table[i, j] + u * (1 - w) * table[i1, j] + (1 - u) * w * table[i, j1]
+            + u * w * table[i1, j1])
+
+
+def _width_grid(full: int, smallest: int, points: int) -> list[int]:
+    """`points` widths from `smallest` to `full` (ascending, whole, distinct)."""
+    return np.unique(np.linspace(smallest, full, points).round().astype(int)).tolist()
+
+
+class LatencyTable:
+    """Latency in milliseconds of kept channel counts, from per-layer timings (see the module doc).
+
+    `layers` holds, per timed layer: its name, the affine map from kept counts to its widths (`in0`, `in_cut`,
+    `out0`, `out_cut`: width = w0 - sum_g cut[g] * (channels_g - keep_g)), the input and output widths measured
+    (`in_grid`, `out_grid`, ascending) and `times_ms` [len(in_grid)][len(out_grid)]. `dense` is the whole model's
+    latency. The table holds for one batch size, CPU thread count and memory layout.
     """
 
-    def __init__(self, grid: list[list[int]], times: list[list[float]], dense: float, batch_size: int,
+    def __init__(self, full: list[int], layers: list[dict[str, Any]], dense: float, batch_size: int,
                  threads: int, channels_last: bool = False) -> None:
-        self.grid, self.times, self.dense = grid, times, dense
+        self.full, self.layers, self.dense = np.asarray(full, dtype=np.int64), layers, dense
         self.batch_size, self.threads, self.channels_last = batch_size, threads, channels_last
 
     @classmethod
-    def measure(cls, pruner: ChannelPruner, *, batch_size: int = 1, channels_last: bool = False, points: int = 6,
+    def measure(cls, pruner: ChannelPruner, *, batch_size: int = 1, channels_last: bool = False, points: int = 5,
                 threads: int | None = None, min_run_time: float = 0.05) -> LatencyTable:
-        """Time every group's layers at `points` widths on the device of the pruner's model (batch `batch_size`,
-        channels-last layout for image models if `channels_last`)."""
+        """Time every narrowed layer at `points` widths per narrowed side on the device of the pruner's model (batch
+        `batch_size`, channels-last layout for image models if `channels_last`)."""
         threads = threads or torch.get_num_threads()
         device = next(pruner.model.parameters()).device
         modules = dict(pruner.model.named_modules())
+        cost = pruner.cost
         names = sorted(pruner.layers, key=lambda n: pruner.layers[n].order)
-        grid, times = [], []
-        for j, group in enumerate(pruner.groups):
-            counts = np.unique(np.linspace(group.min_keep, group.channels, points).round().astype(int)).tolist()
-            row = []
-            for n in counts:
-                keep = pruner.channels.copy()
-                keep[j] = n
-                ins, outs, _ = pruner.cost.widths(keep)
-                total = 0.0
-                for name in group.layers:
-                    i = names.index(name)
-                    layer = _layer_at(modules[name], int(ins[i]), int(outs[i])).to(device).eval()
+        smallest = cost.widths(np.array([g.min_keep for g in pruner.groups]))
+        layers = []
+        for i, name in enumerate(names):
+            if not (cost._in_cut[i].any() or cost._out_cut[i].any()):
+                continue  # no group narrows it: its time is part of the constant rest
+            in_grid = _width_grid(int(cost._in0[i]), int(smallest[0][i]), points if cost._in_cut[i].any() else 1)
+            out_grid = _width_grid(int(cost._out0[i]), int(smallest[1][i]), points if cost._out_cut[i].any() else 1)
+            times = np.zeros((len(in_grid), len(out_grid)))
+            for a, in_width in enumerate(in_grid):
+                for b, out_width in enumerate(out_grid):
+                    layer = _layer_at(modules[name], in_width, out_width).to(device).eval()
                     if isinstance(layer, nn.Linear):
                         x = torch.randn(batch_size, layer.in_features, device=device)
                     else:
                         x = torch.randn(batch_size, layer.in_channels, *pruner.layers[name].in_hw, device=device)
-                    total += _time_ms(layer, x, threads, min_run_time, channels_last)
-                row.append(total)
-            grid.append(counts)
+                    times[a, b] = _time_ms(layer, x, threads, min_run_time, channels_last)
             # timing noise must not make a wider layer look faster: the budget wall relies on monotone costs
-            times.append(np.maximum.accumulate(row).tolist())
+            times = np.maximum.accumulate(np.maximum.accumulate(times, axis=0), axis=1)
+            layers.append({"name": name, "in0": int(cost._in0[i]), "in_cut": cost._in_cut[i].tolist(),
+                           "out0": int(cost._out0[i]), "out_cut": cost._out_cut[i].tolist(),
+                           "in_grid": in_grid, "out_grid": out_grid, "times_ms": times.tolist()})
         dense = latency(pruner.model, pruner.input_shape, batch_size, threads=threads, repeats=3,
                         channels_last=channels_last, device=device)
-        return cls(grid, times, dense, batch_size, threads, channels_last)
+        return cls(pruner.channels.tolist(), layers, dense, batch_size, threads, channels_last)
 
     def __call__(self, keep: np.ndarray) -> np.ndarray:
         """Predicted latency (ms) of kept counts `keep` [..., G]; returns shape [...]."""
-        keep = np.asarray(keep, dtype=np.float64)
-        saved = np.zeros(keep.shape[:-1])
-        for j, (counts, times) in enumerate(zip(self.grid, self.times)):
-            saved = saved + times[-1] - np.interp(keep[..., j], counts, times)
+        removed = self.full - np.asarray(keep, dtype=np.float64)
+        saved = np.zeros(removed.shape[:-1])
+        for layer in self.layers:
+            ins = layer["in0"] - removed @ np.asarray(layer["in_cut"], dtype=np.float64)
+            outs = layer["out0"] - removed @ np.asarray(layer["out_cut"], dtype=np.float64)
+            xs, ys = np.asarray(layer["in_grid"], dtype=np.float64), np.asarray(layer["out_grid"], dtype=np.float64)
+            times = np.asarray(layer["times_ms"])
+            saved = saved + times[-1, -1] - _interp2(ins, outs, xs, ys, times)
         return self.dense - saved
 
     def to_dict(self) -> dict[str, Any]:
-        return {"grid": self.grid, "times_ms": self.times, "dense_ms": self.dense, "batch_size": self.batch_size,
-                "threads": self.threads, "channels_last": self.channels_last}
+        return {"format": "amc-latency/2", "full": self.full.tolist(), "layers": self.layers, "dense_ms": self.dense,
+                "batch_size": self.batch_size, "threads": self.threads, "channels_last": self.channels_last}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatencyTable:
-        return cls(data["grid"], data["times_ms"], data["dense_ms"], data["batch_size"], data["threads"],
+        """The table of `to_dict`.
+
+        Raises:
+            ValueError: a table of another format (an older amc's per-group table): measure it again.
+        """
+        if data.get("format") != "amc-latency/2":
+            raise ValueError("a latency table of another format (measure it again)")
+        return cls(data["full"], data["layers"], data["dense_ms"], data["batch_size"], data["threads"],
                    data.get("channels_last", False))
