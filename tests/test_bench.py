@@ -152,3 +152,16 @@ def test_residual_streams_benchmark_searches_both_group_sets(bench, tmp_path: Pa
     assert report["streams"].split(",")[:2] == ["conv1", "layer1.0.conv2"]
     assert all(p["macs_ratio"] <= 0.5 for s in report["sets"] for p in s["policies"].values())
     assert [r["model"] for r in report["latency"]][0] == "dense" and len(report["latency"]) == 5
+
+
+@pytest.mark.slow
+def test_latency_budget_benchmark_times_the_searched_policy_again(bench, tmp_path: Path) -> None:
+    from amc.models.zoo import digits_checkpoint
+
+    results = tmp_path / "results"
+    bench("latency_budget").main(["--model", "digits_cnn", "--checkpoint", str(digits_checkpoint()), "--dataset",
+                                  "digits", "--target-latency", "0.7", "--batch", "8", "--episodes", "4", "--warmup",
+                                  "2", "--runs", str(tmp_path / "runs")], results)
+    report = json.loads((results / "latency_budget_digits_cnn_l70.json").read_text())
+    assert [r["policy"] for r in report["rows"]] == ["amc", "uniform"]
+    assert all(r["predicted_ratio"] <= 0.7 and r["measured_ratio"] > 0 for r in report["rows"])
