@@ -95,6 +95,11 @@ class CostModel:
         norms = self._norm0 - removed @ self._norm_cut.T
         return ins, outs, norms
 
+    def width_map(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The affine map of `widths`, per layer in execution order: (in0 [L], in_cut [L, G], out0 [L],
+        out_cut [L, G]); a layer's input width is in0 - in_cut @ (channels - keep), its output width likewise."""
+        return self._in0.copy(), self._in_cut.copy(), self._out0.copy(), self._out_cut.copy()
+
     def macs(self, keep: np.ndarray | Sequence[int]) -> np.ndarray:
         """MACs for kept channel counts `keep` of shape [..., G] (G groups); returns shape [...]."""
         ins, outs, _ = self.widths(np.asarray(keep))

@@ -91,15 +91,15 @@ class LatencyTable:
         threads = threads or torch.get_num_threads()
         device = next(pruner.model.parameters()).device
         modules = dict(pruner.model.named_modules())
-        cost = pruner.cost
+        in0, in_cut, out0, out_cut = pruner.cost.width_map()
         names = sorted(pruner.layers, key=lambda n: pruner.layers[n].order)
-        smallest = cost.widths(np.array([g.min_keep for g in pruner.groups]))
+        smallest = pruner.cost.widths(np.array([g.min_keep for g in pruner.groups]))
         layers = []
         for i, name in enumerate(names):
-            if not (cost._in_cut[i].any() or cost._out_cut[i].any()):
+            if not (in_cut[i].any() or out_cut[i].any()):
                 continue  # no group narrows it: its time is part of the constant rest
-            in_grid = _width_grid(int(cost._in0[i]), int(smallest[0][i]), points if cost._in_cut[i].any() else 1)
-            out_grid = _width_grid(int(cost._out0[i]), int(smallest[1][i]), points if cost._out_cut[i].any() else 1)
+            in_grid = _width_grid(int(in0[i]), int(smallest[0][i]), points if in_cut[i].any() else 1)
+            out_grid = _width_grid(int(out0[i]), int(smallest[1][i]), points if out_cut[i].any() else 1)
             times = np.zeros((len(in_grid), len(out_grid)))
             for a, in_width in enumerate(in_grid):
                 for b, out_width in enumerate(out_grid):
@@ -111,8 +111,8 @@ class LatencyTable:
                     times[a, b] = _time_ms(layer, x, threads, min_run_time, channels_last)
             # timing noise must not make a wider layer look faster: the budget wall relies on monotone costs
             times = np.maximum.accumulate(np.maximum.accumulate(times, axis=0), axis=1)
-            layers.append({"name": name, "in0": int(cost._in0[i]), "in_cut": cost._in_cut[i].tolist(),
-                           "out0": int(cost._out0[i]), "out_cut": cost._out_cut[i].tolist(),
+            layers.append({"name": name, "in0": int(in0[i]), "in_cut": in_cut[i].tolist(),
+                           "out0": int(out0[i]), "out_cut": out_cut[i].tolist(),
                            "in_grid": in_grid, "out_grid": out_grid, "times_ms": times.tolist()})
         dense = latency(pruner.model, pruner.input_shape, batch_size, threads=threads, repeats=3,
                         channels_last=channels_last, device=device)
