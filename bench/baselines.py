@@ -3,14 +3,16 @@
 Every method gets the same model, data, reward split, selection split, budget and seed; random search evaluates
 exactly as many episodes as the agent, and both choose their final policy among their 8 best distinct rewards on
 the selection split (`agents.selection`); the policy with the best reward is measured too ("by reward").
-Each finished (model, budget, method) is saved under
-`RUNS/bench-baselines_v<reward images>_s<seed>/` and skipped when the command is run again, so the whole
+Every method prunes all channel groups, residual streams included, or with `--block-internal` the
+block-internal groups only. Each finished (model, budget, method) is saved under
+`RUNS/bench-baselines[-all]_v<reward images>_s<seed>/` and skipped when the command is run again, so the whole
 grid can run in parts and resume; the AMC search runs in `RUNS/bench-<model>_f<pct>_v<reward images>_s<seed>`
-(shared with bench/search.py's run of the same settings). Every policy is evaluated on the test split after
-re-fit and BatchNorm re-estimation, without fine-tuning. Writes `bench/results/baselines[_s<seed>].json`,
-`.md` and `.png` (test accuracy vs MACs, one point per method).
+(block-internal: shared with bench/search.py's run of the same settings; `_all` appended otherwise). Every policy
+is evaluated on the test split after re-fit and BatchNorm re-estimation, without fine-tuning. Writes
+`bench/results/baselines[_all][_s<seed>].json`, `.md` and `.png` (test accuracy vs MACs, one point per method).
 
-    python bench/baselines.py --data-dir DIR --models resnet20,resnet56 --budgets 0.5,0.3 --val-size 1000
+    python bench/baselines.py --data-dir DIR --models resnet20,resnet56 --budgets 0.5,0.3 --val-size 1000 \
+        --block-internal
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def run_method(method: str, task: Task, model: str, checkpoint: str, ratio: floa
     if method in ("amc", "amc+"):
         config = common.in_run_folder(args.runs, common.search_config(
             args, model=model, checkpoint=checkpoint, budget_ratio=ratio, episodes=args.episodes, warmup=args.warmup))
+        if not args.block_internal:  # beside the block-internal searches, never resuming one of them
+            config = replace(config, out=f"{config.out}_all")
         if method == "amc+":
             searched = Path(config.out)
             config = replace(config, out=f"{config.out}_plus", baseline_candidates="dp,sensitivity")
@@ -102,14 +106,18 @@ def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) ->
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--episodes", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--block-internal", action="store_true",
+                        help="search only the block-internal groups (--ignore every residual stream's producers)")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: write the tables from the parts already finished")
     args = common.parse_args(parser, argv)
     common.resolve_val_size(args)
     args.command = args.command.replace(" --report-only", "")  # the tables name the command that makes the parts
-    parts = Path(args.runs) / f"bench-baselines_v{args.val_size}_s{args.seed}"
+    groups = "" if args.block_internal else "-all"  # the first results searched the block-internal groups only
+    parts = Path(args.runs) / f"bench-baselines{groups}_v{args.val_size}_s{args.seed}"
     for model, checkpoint in common.models(args):
         task: Task | None = None
+        args.ignore = common.stream_producers(model) if args.block_internal else ""
         for ratio in (float(b) for b in args.budgets.split(",")):
             for method in args.methods.split(","):
                 part = parts / f"{model}_f{round(100 * ratio)}_{method}.json"
@@ -131,7 +139,8 @@ def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) ->
     rows = [json.loads(p.read_text()) for p in sorted(parts.glob("*.json"))]
     summary = common.summary("baselines", args, episodes=args.episodes, val_size=args.val_size, rows=rows)
     lines = [
-        "# AMC vs baselines (test accuracy %, no fine-tuning; in brackets: accuracy % on the reward split / on the "
+        "# AMC vs baselines, " + ("block-internal groups" if args.block_internal else "all groups (residual streams "
+        "included)") + " (test accuracy %, no fine-tuning; in brackets: accuracy % on the reward split / on the "
         "selection split)",
         "",
         f"{common.header(summary)} Reward split: {args.val_size} held-out TRAIN images; selection split: "
@@ -156,7 +165,7 @@ def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) ->
         cells += [cell(found[m].get("by_reward")) if m in found else "-" for m in ("random", "amc")]
         dense = next(iter(found.values()))["dense_test_accuracy"]
         lines.append(f"| {model} | {ratio:g} | {100 * dense:.2f} | " + " | ".join(cells) + " |")
-    name = "baselines" + (f"_s{args.seed}" if args.seed else "")
+    name = "baselines" + groups.replace("-", "_") + (f"_s{args.seed}" if args.seed else "")
     common.write(name, summary, lines, results)
     plot(rows, Path(results) / f"{name}.png")
 

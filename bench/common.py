@@ -125,8 +125,20 @@ def search_config(args: argparse.Namespace, **fields: Any) -> SearchConfig:
     split and seed from `args`; `fields` set the rest. Every other setting is SearchConfig's default."""
     given = {"model": getattr(args, "model", None), "checkpoint": getattr(args, "checkpoint", None),
              "dataset": args.dataset, "data_dir": args.data_dir,
-             "val_size": getattr(args, "val_size", SearchConfig.val_size), "seed": args.seed}
+             "val_size": getattr(args, "val_size", SearchConfig.val_size), "seed": args.seed,
+             "ignore": getattr(args, "ignore", SearchConfig.ignore)}
     return SearchConfig(**{**given, **fields})
+
+
+def stream_producers(model: str, input_shape: tuple[int, ...] = (3, 32, 32)) -> str:
+    """The layers producing a model's residual streams, comma-separated (an `--ignore` value): every layer that
+    writes the channels of a group with more than one producer (the branches of a residual add)."""
+    from amc.engine.pruner import ChannelPruner
+    from amc.models import create_model
+
+    pruner = ChannelPruner(create_model(model).eval(), input_shape, selection="l1")
+    return ",".join(sorted(it.module for g in pruner.groups if sum(it.kind == "out" for it in g.items) > 1
+                           for it in g.items if it.kind == "out"))
 
 
 def task_from_args(args: argparse.Namespace, **fields: Any) -> Any:

@@ -33,13 +33,6 @@ from amc.models import create_model
 SETS = ("internal", "all")
 
 
-def stream_producers(pruner: ChannelPruner) -> list[str]:
-    """The layers producing the residual streams: every layer that writes the channels of a group with more than
-    one producer (the branches of a residual add)."""
-    return sorted(it.module for g in pruner.groups if sum(it.kind == "out" for it in g.items) > 1
-                  for it in g.items if it.kind == "out")
-
-
 def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) -> None:
     parser = common.parser("residual_streams", __doc__)
     common.add_common_args(parser, weights="checkpoint", val_size=True, runs=True)
@@ -51,7 +44,7 @@ def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) ->
     tag = common.search_tag(args.model, args.target_flops, args.seed)
     parts = Path(args.runs) / f"bench-residual_streams_{tag}_v{args.val_size}"
     dense = create_model(args.model).eval()
-    streams = ",".join(stream_producers(ChannelPruner(dense, (3, 32, 32), selection="l1")))
+    streams = common.stream_producers(args.model)
     budget = Budget("flops", args.target_flops)
     rows = []
     for name in SETS:
