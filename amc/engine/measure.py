@@ -37,7 +37,10 @@ def accepts_channels_last(model: nn.Module, input_shape: Sequence[int]) -> bool:
         got = probe.to(memory_format=torch.channels_last)(to_channels_last(x))
     except Exception:  # e.g. "view size is not compatible with input tensor's size and stride"
         return False
-    return isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+    # float rounding differs between the layouts: the tolerance scales with the outputs (an untrained deep model's
+    # logits may be in the thousands)
+    return (isinstance(got, torch.Tensor) and got.shape == want.shape
+            and bool((got - want).abs().max() <= 1e-4 * (1.0 + want.abs().max())))
 
 
 @torch.no_grad()
