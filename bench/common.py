@@ -89,6 +89,15 @@ def add_common_args(parser: argparse.ArgumentParser, *, weights: str | None = No
     parser.add_argument("--threads", type=int, default=threads, help="torch CPU threads (default %(default)s)")
 
 
+def add_search_args(parser: argparse.ArgumentParser, *, flops: bool = True) -> None:
+    """The flags of a benchmark that runs the AMC search: `--target-flops` (when `flops`), `--episodes`, `--warmup`
+    (the baselines' settings: 300 and 100)."""
+    if flops:
+        parser.add_argument("--target-flops", type=float, default=0.5)
+    parser.add_argument("--episodes", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=100)
+
+
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
     """Parse `argv` (default: the command line), check that a data folder is given where one is needed,
     make the paths of checkpoints and data absolute, set torch's CPU threads, and record the command that

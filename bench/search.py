@@ -45,9 +45,7 @@ def paired_timing(task: Task, counts: np.ndarray, repeats: int = 3) -> tuple[flo
 def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) -> None:
     parser = common.parser("search", __doc__)
     common.add_common_args(parser, weights="checkpoint", val_size=True, runs=True)
-    parser.add_argument("--target-flops", type=float, default=0.5)
-    parser.add_argument("--episodes", type=int, default=300)
-    parser.add_argument("--warmup", type=int, default=100)
+    common.add_search_args(parser)
     args = common.parse_args(parser, argv)
     common.resolve_val_size(args)
     config = common.in_run_folder(args.runs, common.search_config(
