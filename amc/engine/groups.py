@@ -3,10 +3,11 @@
 A *channel group* is a set of channels that must be removed together: the output channels of the
 layer that produces them, the BatchNorm that normalises them, and the input channels of every layer
 that consumes them (an input column block of a Linear after a flatten, the channels of a depthwise
-conv in between, both branches of a residual add). Torch-Pruning's graph is the one source of truth
-for what is coupled; each group is then checked once, because the graph is silently wrong on ops it
-does not know (the CIFAR ResNet zero-pad shortcut): a physically pruned copy must equal a copy whose
-removed channels are masked. Groups that fail are excluded with a warning.
+conv in between, both branches of a residual add, a `ChannelMap` shortcut that carries them into the
+next stage). Torch-Pruning's graph is the one source of truth for what is coupled; each group is then
+checked once, because the graph is silently wrong on ops it does not know (a channel pad written with
+`F.pad` merges the stages it joins): a physically pruned copy must equal a copy whose removed channels
+are masked. Groups that fail are excluded with a warning.
 """
 
 from __future__ import annotations
