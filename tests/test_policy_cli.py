@@ -325,3 +325,17 @@ def test_uniform_baseline_without_data_records_the_selection_apply_will_use(caps
     code, _, err = run(capsys, "apply", "--model", "digits_cnn", "--input-shape", "1,8,8", "--policy", policy,
                        "--no-reconstruct", "--out", tmp_path / "m.pt")
     assert code == 0 and "least-squares" not in err, err  # no warning about a search that never happened
+
+
+def test_output_into_a_closed_pipe_is_no_error(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    """`amc profile | head -1`: the reader goes away early; amc stops quietly (exit 0), as Unix tools do."""
+    class ClosedPipe:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert main(["profile", "--model", "resnet20"]) == 0
+    assert capsys.readouterr().err == ""

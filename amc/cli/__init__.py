@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import importlib
 import math
+import os
 import re
 import sys
 import warnings
@@ -135,8 +136,8 @@ SHARED_FLAGS: dict[str, AddShared] = {
     "ignore": _flag(
         "--ignore", metavar="LAYERS", default="",
         help="comma-separated layers whose output channels are never pruned: every channel group that would narrow "
-        "one keeps its full width (e.g. a ResNet's residual streams: conv1,layer2.0.conv2,layer3.0.conv2; "
-        "amc profile lists the groups)",
+        "one keeps its full width (e.g. a CIFAR ResNet's residual streams: conv1,layer2.0.conv2,layer3.0.conv2; "
+        "amc profile marks each model's residual streams, and --json lists every group's layers)",
     ),
     "selection": _flag(
         "--selection", choices=SELECTIONS,
@@ -243,6 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt as exc:
             print(f"amc: interrupted{'; ' + str(exc) if str(exc) else ''}", file=sys.stderr)
             return 130
+        except BrokenPipeError:  # the reader of the output went away (`amc profile | head`): nothing to report
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # stdout may not be a file
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at Python's flush
+            return 0
         except Exception as exc:
             if args.debug:
                 raise

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     ms = latency(trained.module, trained.input_shape, channels_last=channels_last, device=device)
     threads = torch.get_num_threads()
     layout = "channels-last" if channels_last else "contiguous"
-    where = f"{threads} CPU threads" if device.type == "cpu" else str(device)
+    where = f"{threads} CPU thread{'s' if threads != 1 else ''}" if device.type == "cpu" else str(device)
     if args.json:
         common.print_json({"model": args.model, "split": args.split, "accuracy": acc, "images": len(labels),
                            "macs": macs, "params": params, "latency_ms": ms, "device": str(device),

@@ -23,11 +23,14 @@ def run(args: argparse.Namespace) -> int:
     macs, params = count_macs_params(trained.module, trained.input_shape)
     groups = [
         {"name": g.name, "channels": g.width, "macs": int(share), "min_keep": g.min_keep * g.sections,
-         "sections": g.sections, "consumer": g.consumer, "layers": g.layers}
+         "sections": g.sections, "consumer": g.consumer, "layers": g.layers,
+         # several producers joined by residual adds: the residual width of a stage
+         "residual_stream": sum(it.kind == "out" for it in g.items) > 1}
         for g, share in zip(pruner.groups, pruner.cost.group_macs())
     ]
     if args.json:
-        common.print_json({"model": args.model, "macs": macs, "params": params, "groups": groups})
+        common.print_json({"model": args.model, "input_shape": list(trained.input_shape), "macs": macs,
+                           "params": params, "groups": groups})
         return 0
     width = max([len("group"), *(len(g["name"]) for g in groups)])
     print(f"{'group':<{width}}  {'channels':>8}  {'MACs %':>7}  {'min_keep':>8}  {'layers':>6}  refit consumer")
@@ -35,9 +38,12 @@ def run(args: argparse.Namespace) -> int:
         sections = f"  (cut into {g['sections']} equal sections: keeps a multiple of {g['sections']})" \
             if g["sections"] > 1 else ""
         print(f"{g['name']:<{width}}  {g['channels']:>8}  {100 * g['macs'] / macs:>7.2f}  {g['min_keep']:>8}  "
-              f"{len(g['layers']):>6}  {g['consumer'] or '-'}{sections}")
+              f"{len(g['layers']):>6}  {g['consumer'] or ('- (residual stream)' if g['residual_stream'] else '-')}"
+              f"{sections}")
     print(f"\n{len(groups)} groups; dense model: {macs:,} MACs, {params:,} params, input {trained.input_shape}")
     print("MACs %: share of the dense MACs in the layers a group's channels come from or feed "
-          "(a layer between two groups counts for both); layers: the conv and Linear layers whose widths it sets "
-          "(a residual stream sets every block's)")
+          "(a layer between two groups counts for both); min_keep: fewest channels a policy may keep (2 where a "
+          "depthwise conv reads them); layers: the conv and Linear layers whose widths it sets (a residual stream "
+          "sets every block's); refit consumer: the one layer re-fitted for the group (-: several readers, each "
+          "re-fitted by the sequential re-fit)")
     return 0

@@ -88,7 +88,9 @@ class ChannelMap(nn.Module):
         self.set_index(index)
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
+        carried = int((self.index >= 0).sum())
+        form = f"zero pad {self.pads}" if self.pads is not None else f"carries {carried} of {self.in_channels} inputs"
+        return f"in_channels={self.in_channels}, out_channels={self.out_channels}, stride={self.stride}, {form}"
 
 
 _TRACING = False

@@ -392,8 +392,9 @@ def find_groups(
     output_layer = max(layers.values(), key=lambda info: info.order).name
     unknown = [n for n in ignored if n not in layers]
     if unknown:
-        raise AmcError(f"--ignore names {first(unknown)}, which is not a conv or Linear layer of the model; "
-                       "`amc profile` lists the layers of each channel group")
+        which = "which is not a conv or Linear layer" if len(unknown) == 1 else "which are not conv or Linear layers"
+        raise AmcError(f"--ignore names {first(unknown)}, {which} of the model; "
+                       "`amc profile --json` lists the layers of each channel group")
     skip = [model.get_submodule(output_layer)]
     names = _module_names(model)
     with torch.enable_grad(), traced_as_one_op():

@@ -27,7 +27,6 @@ class PadShortcut(ChannelMap):
 
     def __init__(self, in_channels: int, pad: int) -> None:
         super().__init__(in_channels, in_channels + 2 * pad, torch.arange(in_channels) + pad, stride=2)
-        self.pad = pad
 
 
 class BasicBlock(nn.Module):
