@@ -172,14 +172,22 @@ def test_latency_table_is_exact_for_layers_timed_by_their_width_product(pruners,
     monkeypatch.setattr(latency_module, "_time_ms", lambda layer, *rest: 1e-3 * (
         layer.in_features * layer.out_features if isinstance(layer, torch.nn.Linear)
         else layer.in_channels // layer.groups * layer.out_channels))
-    monkeypatch.setattr(latency_module, "latency", lambda *args, **kwargs: float(product(
-        pruner.cost.widths(pruner.channels))))
+    half = np.maximum([g.min_keep for g in pruner.groups], np.ceil(pruner.channels / 2)).astype(int)
+    whole = [float(product(pruner.cost.widths(pruner.channels))), float(product(pruner.cost.widths(half)))]
+    monkeypatch.setattr(latency_module, "latencies", lambda *args, **kwargs: whole)
     table = latency_module.LatencyTable.measure(pruner, points=3)
+    assert table.scale == pytest.approx(1.0)
     rng = np.random.default_rng(0)
     for _ in range(20):
         keep = np.array([rng.integers(g.min_keep, g.channels + 1) for g in pruner.groups])
         assert table(keep) == pytest.approx(product(pruner.cost.widths(keep)), rel=1e-9)
     assert len(names) >= len(table.layers)
+    # a whole network that saves 30% more than its layers alone (the activations between them): the calibration
+    # scales every saving so that the half model's measured latency is predicted exactly
+    whole[1] = whole[0] - 1.3 * (whole[0] - whole[1])
+    table = latency_module.LatencyTable.measure(pruner, points=3)
+    assert table.scale == pytest.approx(1.3) and table(half) == pytest.approx(whole[1])
+    assert table(pruner.channels) == pytest.approx(whole[0])
 
 
 def test_latency_table_in_channels_last_at_a_batch(pruners):

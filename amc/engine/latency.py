@@ -9,10 +9,13 @@ the sum of what each cut saves alone (it scales with their product), so such a l
 follow from the kept counts exactly (`CostModel.widths`). BatchNorm is not timed: deployment folds it into the
 conv. A policy's latency is then
 
-    latency(keep) = dense latency - sum_l (t_l(full widths) - t_l(widths_l(keep)))       [milliseconds]
+    latency(keep) = dense latency - scale * sum_l (t_l(full widths) - t_l(widths_l(keep)))     [milliseconds]
 
-where the dense latency is a measured forward pass of the whole model. The table is a JSON object, so a run
-measures it once and reuses it on resume.
+where the dense latency is a measured forward pass of the whole model. Layers timed alone miss what a whole
+network spends beside them in proportion to its widths (the ReLUs, residual adds and shortcuts on every
+activation, the memory traffic between layers), so `scale` is calibrated once on a whole model: the dense model
+and the one keeping half of every group are timed together, and `scale` makes the table predict that model's
+measured latency exactly. The table is a JSON object, so a run measures it once and reuses it on resume.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import torch
 import torch.nn as nn
 import torch.utils.benchmark as benchmark
 
-from amc.engine.measure import latency, to_channels_last
+from amc.engine.groups import prune_copy
+from amc.engine.measure import latencies, to_channels_last
 from amc.engine.pruner import ChannelPruner
 
 
@@ -75,12 +79,13 @@ class LatencyTable:
     `layers` holds, per timed layer: its name, the affine map from kept counts to its widths (`in0`, `in_cut`,
     `out0`, `out_cut`: width = w0 - sum_g cut[g] * (channels_g - keep_g)), the input and output widths measured
     (`in_grid`, `out_grid`, ascending) and `times_ms` [len(in_grid)][len(out_grid)]. `dense` is the whole model's
-    latency. The table holds for one batch size, CPU thread count and memory layout.
+    latency and `scale` the calibration of the layers' savings on a whole model (module doc). The table holds for
+    one batch size, CPU thread count and memory layout.
     """
 
     def __init__(self, full: list[int], layers: list[dict[str, Any]], dense: float, batch_size: int,
-                 threads: int, channels_last: bool = False) -> None:
-        self.full, self.layers, self.dense = np.asarray(full, dtype=np.int64), layers, dense
+                 threads: int, channels_last: bool = False, scale: float = 1.0) -> None:
+        self.full, self.layers, self.dense, self.scale = np.asarray(full, dtype=np.int64), layers, dense, scale
         self.batch_size, self.threads, self.channels_last = batch_size, threads, channels_last
 
     @classmethod
@@ -114,9 +119,16 @@ class LatencyTable:
             layers.append({"name": name, "in0": int(in0[i]), "in_cut": in_cut[i].tolist(),
                            "out0": int(out0[i]), "out_cut": out_cut[i].tolist(),
                            "in_grid": in_grid, "out_grid": out_grid, "times_ms": times.tolist()})
-        dense = latency(pruner.model, pruner.input_shape, batch_size, threads=threads, repeats=3,
-                        channels_last=channels_last, device=device)
-        return cls(pruner.channels.tolist(), layers, dense, batch_size, threads, channels_last)
+        # the calibration model: half of every group's channels (what a 2x budget is near)
+        half = np.maximum([g.min_keep for g in pruner.groups], np.ceil(pruner.channels / 2)).astype(int)
+        halved = prune_copy(pruner.model, pruner.groups, {g.name: torch.arange(int(n)) for g, n in zip(pruner.groups, half)})
+        dense, measured = latencies([pruner.model, halved], pruner.input_shape, batch_size, threads=threads, repeats=3,
+                                    channels_last=channels_last, device=device)
+        table = cls(pruner.channels.tolist(), layers, dense, batch_size, threads, channels_last)
+        saved = dense - float(table(half))  # the layers' own saving at the calibration model
+        if saved > 0 and measured < dense:
+            table.scale = (dense - measured) / saved
+        return table
 
     def __call__(self, keep: np.ndarray) -> np.ndarray:
         """Predicted latency (ms) of kept counts `keep` [..., G]; returns shape [...]."""
@@ -128,11 +140,12 @@ class LatencyTable:
             xs, ys = np.asarray(layer["in_grid"], dtype=np.float64), np.asarray(layer["out_grid"], dtype=np.float64)
             times = np.asarray(layer["times_ms"])
             saved = saved + times[-1, -1] - _interp2(ins, outs, xs, ys, times)
-        return self.dense - saved
+        return self.dense - self.scale * saved
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": "amc-latency/2", "full": self.full.tolist(), "layers": self.layers, "dense_ms": self.dense,
-                "batch_size": self.batch_size, "threads": self.threads, "channels_last": self.channels_last}
+                "scale": self.scale, "batch_size": self.batch_size, "threads": self.threads,
+                "channels_last": self.channels_last}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatencyTable:
@@ -144,4 +157,4 @@ class LatencyTable:
         if data.get("format") != "amc-latency/2":
             raise ValueError("a latency table of another format (measure it again)")
         return cls(data["full"], data["layers"], data["dense_ms"], data["batch_size"], data["threads"],
-                   data.get("channels_last", False))
+                   data.get("channels_last", False), data["scale"])
