@@ -140,14 +140,13 @@ def search_config(args: argparse.Namespace, **fields: Any) -> SearchConfig:
 
 
 def stream_producers(model: str, input_shape: tuple[int, ...] = (3, 32, 32)) -> str:
-    """The layers producing a model's residual streams, comma-separated (an `--ignore` value): every layer that
-    writes the channels of a group with more than one producer (the branches of a residual add)."""
+    """The layers producing a model's residual streams, comma-separated (an `--ignore` value): the producers of
+    every group that residual adds join (`ChannelGroup.residual_stream`)."""
     from amc.engine.pruner import ChannelPruner
     from amc.models import create_model
 
     pruner = ChannelPruner(create_model(model).eval(), input_shape, selection="l1")
-    return ",".join(sorted(it.module for g in pruner.groups if sum(it.kind == "out" for it in g.items) > 1
-                           for it in g.items if it.kind == "out"))
+    return ",".join(sorted(name for g in pruner.groups if g.residual_stream for name in g.producers))
 
 
 def task_from_args(args: argparse.Namespace, **fields: Any) -> Any:

@@ -196,6 +196,7 @@ def test_resnet56_groups_are_block_internal_and_one_per_residual_stream(analyse:
     streams = ["conv1", "layer2.0.conv2", "layer3.0.conv2"]  # each stage's residual width, named by its producer
     assert sorted(pruner.names) == sorted(internal + streams)
     assert not caught, caught  # the zero-pad shortcuts are index maps now: no group is excluded
+    assert [g.name for g in pruner.groups if g.residual_stream] == streams
     groups = {g.name: g for g in pruner.groups}
     assert [groups[n].consumer for n in internal] == [n.replace("conv1", "conv2") for n in internal]
     # a stage's stream is every block's conv2 output, every conv1 input, and the shortcut on either side of it
@@ -206,6 +207,15 @@ def test_resnet56_groups_are_block_internal_and_one_per_residual_stream(analyse:
     assert count_macs_params(pruner.model, shape) == (125_485_696, 853_018)
     assert int(pruner.cost.macs(pruner.channels)) == 125_485_696
     assert int(pruner.cost.params(pruner.channels)) == 853_018
+
+
+def test_a_depthwise_conv_between_layers_does_not_make_a_residual_stream(analyse: Callable[[str], Analysed]) -> None:
+    """MobileNetV2: an expansion group is written by its 1x1 conv and passed on by the depthwise conv (one
+    producer); the projections that residual adds join are the streams."""
+    pruner, _, _ = analyse("mobilenetv2")
+    streams = [g for g in pruner.groups if g.residual_stream]
+    assert streams and all(len(g.producers) > 1 for g in streams)
+    assert not any(g.residual_stream for g in pruner.groups if g.min_keep == 2)  # the depthwise-read groups
 
 
 def test_user_model_couplings(analyse: Callable[[str], Analysed]) -> None:

@@ -23,9 +23,7 @@ def run(args: argparse.Namespace) -> int:
     macs, params = count_macs_params(trained.module, trained.input_shape)
     groups = [
         {"name": g.name, "channels": g.width, "macs": int(share), "min_keep": g.min_keep * g.sections,
-         "sections": g.sections, "consumer": g.consumer, "layers": g.layers,
-         # several producers joined by residual adds: the residual width of a stage
-         "residual_stream": sum(it.kind == "out" for it in g.items) > 1}
+         "sections": g.sections, "consumer": g.consumer, "layers": g.layers, "residual_stream": g.residual_stream}
         for g, share in zip(pruner.groups, pruner.cost.group_macs())
     ]
     if args.json:

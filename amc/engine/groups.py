@@ -95,7 +95,9 @@ class ChannelGroup:
 
     `channels` is the number of prunable channels; a policy keeps between `min_keep` and `channels`.
     `consumer` is the single conv/Linear reading these channels, when there is exactly one that reads
-    nothing else: the layer a least-squares refit can reconstruct.
+    nothing else: the layer a least-squares refit can reconstruct. `producers` are the conv/Linear layers that
+    write these channels (a depthwise conv in between only passes them on): more than one when residual adds
+    join them, as in a residual stream (`residual_stream`).
 
     `sections` > 1 when the channels are split into that many equal sections that the model cuts apart by
     count (`torch.chunk`, the split / shuffle blocks of ShuffleNetV2, CSP, GhostNet): every section must keep
@@ -111,6 +113,12 @@ class ChannelGroup:
     consumer: str | None = None
     layers: list[str] = field(default_factory=list)
     sections: int = 1
+    producers: list[str] = field(default_factory=list)
+
+    @property
+    def residual_stream(self) -> bool:
+        """Whether residual adds join several producers' channels into this group (a stage's residual width)."""
+        return len(self.producers) > 1
 
     @property
     def width(self) -> int:
@@ -308,6 +316,7 @@ def _build_group(
         consumer=consumer,
         layers=touched,
         sections=sections,
+        producers=producers,
     )
 
 
@@ -405,11 +414,11 @@ def find_groups(
     for tp_group in dg.get_all_groups(ignored_layers=skip, root_module_types=_LAYERS):
         seen.update(names[it.dep.target.module] for it in tp_group.items if it.dep.target.module in names)
         built = _build_group(dg, tp_group, names, layers)
-        if not isinstance(built, str) and any(it.kind == "out" and it.module in ignored for it in built.items):
-            continue  # the user keeps these layers whole
         if isinstance(built, str):
             warnings.warn(f"channel group {names.get(tp_group[0].dep.target.module)} excluded: {built}")
             continue
+        if any(it.kind == "out" and it.module in ignored for it in built.items):
+            continue  # the user keeps these layers whole
         reason = verify_group(model, built, example, seed=len(groups)) if verify else None
         if reason is not None:
             warnings.warn(f"channel group {built.name} excluded: {reason}")
