@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.utils.benchmark as benchmark
 
+from amc.engine.budget import min_counts
 from amc.engine.groups import prune_copy
 from amc.engine.measure import latencies, to_channels_last
 from amc.engine.pruner import ChannelPruner
@@ -87,6 +88,10 @@ class LatencyTable:
                  threads: int, channels_last: bool = False, scale: float = 1.0) -> None:
         self.full, self.layers, self.dense, self.scale = np.asarray(full, dtype=np.int64), layers, dense, scale
         self.batch_size, self.threads, self.channels_last = batch_size, threads, channels_last
+        # the layers as arrays once: the search calls the table on every step
+        self._arrays = [tuple(np.asarray(layer[key], dtype=np.float64)
+                              for key in ("in0", "in_cut", "out0", "out_cut", "in_grid", "out_grid", "times_ms"))
+                        for layer in layers]
 
     @classmethod
     def measure(cls, pruner: ChannelPruner, *, batch_size: int = 1, channels_last: bool = False, points: int = 5,
@@ -98,7 +103,7 @@ class LatencyTable:
         modules = dict(pruner.model.named_modules())
         in0, in_cut, out0, out_cut = pruner.cost.width_map()
         names = sorted(pruner.layers, key=lambda n: pruner.layers[n].order)
-        smallest = pruner.cost.widths(np.array([g.min_keep for g in pruner.groups]))
+        smallest = pruner.cost.widths(min_counts(pruner))
         layers = []
         for i, name in enumerate(names):
             if not (in_cut[i].any() or out_cut[i].any()):
@@ -120,7 +125,7 @@ class LatencyTable:
                            "out0": int(out0[i]), "out_cut": out_cut[i].tolist(),
                            "in_grid": in_grid, "out_grid": out_grid, "times_ms": times.tolist()})
         # the calibration model: half of every group's channels (what a 2x budget is near)
-        half = np.maximum([g.min_keep for g in pruner.groups], np.ceil(pruner.channels / 2)).astype(int)
+        half = np.maximum(min_counts(pruner), np.ceil(pruner.channels / 2)).astype(int)
         halved = prune_copy(pruner.model, pruner.groups, {g.name: torch.arange(int(n)) for g, n in zip(pruner.groups, half)})
         dense, measured = latencies([pruner.model, halved], pruner.input_shape, batch_size, threads=threads, repeats=3,
                                     channels_last=channels_last, device=device)
@@ -134,12 +139,8 @@ class LatencyTable:
         """Predicted latency (ms) of kept counts `keep` [..., G]; returns shape [...]."""
         removed = self.full - np.asarray(keep, dtype=np.float64)
         saved = np.zeros(removed.shape[:-1])
-        for layer in self.layers:
-            ins = layer["in0"] - removed @ np.asarray(layer["in_cut"], dtype=np.float64)
-            outs = layer["out0"] - removed @ np.asarray(layer["out_cut"], dtype=np.float64)
-            xs, ys = np.asarray(layer["in_grid"], dtype=np.float64), np.asarray(layer["out_grid"], dtype=np.float64)
-            times = np.asarray(layer["times_ms"])
-            saved = saved + times[-1, -1] - _interp2(ins, outs, xs, ys, times)
+        for in0, in_cut, out0, out_cut, xs, ys, times in self._arrays:
+            saved = saved + times[-1, -1] - _interp2(in0 - removed @ in_cut, out0 - removed @ out_cut, xs, ys, times)
         return self.dense - self.scale * saved
 
     def to_dict(self) -> dict[str, Any]:
