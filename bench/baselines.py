@@ -104,8 +104,7 @@ def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) ->
     common.add_common_args(parser, weights="dir", val_size=True, runs=True)
     parser.add_argument("--budgets", default="0.5,0.3")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--episodes", type=int, default=300)
-    parser.add_argument("--warmup", type=int, default=100)
+    common.add_search_args(parser, flops=False)
     parser.add_argument("--block-internal", action="store_true",
                         help="search only the block-internal groups (--ignore every residual stream's producers)")
     parser.add_argument("--report-only", action="store_true",
