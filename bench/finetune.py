@@ -5,7 +5,8 @@ model is pruned with re-fit (`amc.apply_policy`), fine-tuned with amc's defaults
 (SGD + Nesterov, cosine, standard CIFAR augmentation, best epoch on val; `--distill-alpha` adds
 distillation from the dense model), and measured: test accuracy, MACs, params, and the median CPU latency
 at batch 1 and 64 against the dense model. The best epoch of each is written to `WORK/<model>-<name>.pt`
-as an amc model file (`amc.load_model` opens it). Writes `bench/results/finetune_<model>.json` and `.md`.
+as an amc model file (`amc.load_model` opens it). Writes `bench/results/finetune_<model>[_<tag>].json` and
+`.md`.
 
     python bench/finetune.py --model resnet56 --checkpoint ../shared/weights/resnet56-cifar10jpg.pt \
         --data-dir DIR --policy amc=runs/r56/best_policy.json --policy uniform=uniform.json --epochs 30 \
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace, results: str | Path = common.RESULTS) -> tuple
         before = f"{100 * r['test_accuracy_before_finetune']:.2f}" if "test_accuracy_before_finetune" in r else "-"
         lines.append(f"| {r['policy']} | {before} | {100 * r['test_accuracy']:.2f} | {r['macs']:,} | {r['params']:,} | "
                      + common.latency_cells(r))
-    common.write(f"finetune_{args.model}", summary, lines, results)
+    common.write(f"finetune_{args.model}" + (f"_{args.tag}" if args.tag else ""), summary, lines, results)
     return summary, pruned_models
 
 
@@ -102,6 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="weight of distillation from the dense model (0: plain cross-entropy)")
     parser.add_argument("--work", default=str(common.ROOT / "runs" / "bench-finetune"),
                         help="folder of the fine-tuned models (resumable)")
+    parser.add_argument("--tag", default="", help="suffix of the results' file names, to keep several experiments")
     return common.parse_args(parser, argv)
 
 
