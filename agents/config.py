@@ -38,6 +38,8 @@ class SearchConfig:
     """digits, cifar10, cifar100, imagefolder or synthetic"""
     data_dir: str | None = None
     """folder holding the dataset's files (not needed for digits and synthetic)"""
+    image_size: int | None = None
+    """imagefolder only: read images of any size at this side in pixels (resize and centre crop), from disk"""
     budget_kind: str = "flops"
     """what the budget limits: flops (MACs), params or latency"""
     budget_ratio: float = 0.5
@@ -148,7 +150,7 @@ class SearchConfig:
         return dict(model=self.model, checkpoint=self.checkpoint, dataset=self.dataset, data_dir=self.data_dir,
                     val_size=self.val_size, seed=self.seed, calib_size=self.calib_size, refit_size=self.refit_size,
                     selection=self.selection, select_size=self.select_size, reward_data=self.reward_data,
-                    ignore=self.ignore)
+                    ignore=self.ignore, image_size=self.image_size)
 
     def prepare_task(self) -> Any:
         """The `amc.reward.Task` this config searches: model, data, analysis and the reward evaluation."""

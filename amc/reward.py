@@ -11,6 +11,7 @@ split, is kept apart from `val`: a search chooses its final policy among its bes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,13 +20,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from amc.data.datasets import Dataset, ImageSet, load_dataset, load_labelled_folder
+from amc.data.datasets import Dataset, ImageSet, Split, batches, load_dataset, load_labelled_folder
 from amc.data.split import split_train_val
 from amc.data.transforms import normalize
 from amc.engine import Selection
 from amc.engine.device import fast_dtype, resolve_device
 from amc.engine.groups import layer_names
-from amc.engine.measure import accepts_channels_last, accuracy, correct_and_loss, fold_batchnorm, to_channels_last
+from amc.engine.measure import (
+    accepts_channels_last,
+    correct_and_loss,
+    fold_batchnorm,
+    to_channels_last,
+)
 from amc.engine.memory import release_free_memory
 from amc.engine.pruner import ChannelPruner
 from amc.engine.reconstruct import Target, collect_targets, recalibrate_batchnorm, refit_sequentially
@@ -203,8 +209,19 @@ class Task:
 
     def test_accuracy(self, model: nn.Module) -> float:
         """Accuracy on the TEST split: for final reports only, never for choosing a policy."""
-        test = self.dataset.test
-        return accuracy(model, normalize(test.images, self.model.mean, self.model.std), test.labels)[0]
+        return split_accuracy(model, self.dataset.test, self.model.mean, self.model.std)[0]
+
+
+def split_accuracy(model: nn.Module, split: Split, mean: Sequence[float], std: Sequence[float],
+                   batch_size: int = 250) -> tuple[float, float]:
+    """Top-1 accuracy (fraction in [0, 1]) and mean cross-entropy of `model` (eval mode) on a whole split,
+    normalized with `mean`, `std` one batch at a time: an in-memory ImageSet, or ImageFiles streamed through the
+    evaluation transform, so no split is ever held whole as float32."""
+    correct, loss, n = 0, 0.0, 0
+    for images, labels in batches(split, batch_size, mean, std):
+        c, s = correct_and_loss(model, images, labels, batch_size)
+        correct, loss, n = correct + c, loss + s, n + len(labels)
+    return correct / n, loss / n
 
 
 def _sample(idx: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -228,6 +245,7 @@ def prepare_task(
     select_size: int = 1000,
     reward_data: str | Path | None = None,
     ignore: str = "",
+    image_size: int | None = None,
     device: str | torch.device = "cpu",
 ) -> Task:
     """Load, split, analyse and calibrate: the one-time set-up of a search (see the module docstring).
@@ -248,7 +266,8 @@ def prepare_task(
     class names), rewards and the selection split come from it instead (`select_size` of its images for the
     selection split, the rest for rewards), and every TRAIN image may feed the calibration; `val_size` must
     then be None. `ignore` names layers (comma-separated) whose output channels are never pruned
-    (`find_groups`).
+    (`find_groups`). `image_size` reads an image folder (and `reward_data`) at that size from files of any size
+    (`load_dataset`); only the reward, selection, calibration and re-fit images are decoded, once, and cached.
 
     Raises:
         AmcError: an unavailable device, a model without prunable groups, a `reward_data` folder whose images
@@ -260,11 +279,12 @@ def prepare_task(
                     data_dir=None if data_dir is None else str(data_dir), val_size=val_size, seed=seed,
                     calib_size=calib_size, refit_size=refit_size, positions=positions, selection=selection,
                     reconstruct=reconstruct, select_size=select_size,
-                    reward_data=None if reward_data is None else str(reward_data), ignore=ignore)
+                    reward_data=None if reward_data is None else str(reward_data), ignore=ignore,
+                    image_size=image_size)
     # the device is not a setting: a search may resume on another one
     if not (isinstance(select_size, int) and select_size >= 0):
         raise AmcError(f"--select-size {select_size} must be a count of images (0: no final selection)")
-    data = load_dataset(dataset, data_dir)
+    data = load_dataset(dataset, data_dir, image_size=image_size)
     trained = load_trained_model(model, checkpoint, dataset=data)
     if reward_data is None:
         train_idx, val_idx = split_train_val(len(data.train), val_size, seed)
@@ -273,15 +293,15 @@ def prepare_task(
         if val_size is not None:
             raise AmcError("--val-size holds TRAIN images out for the rewards, but --reward-data supplies them: "
                            "drop --val-size")
-        held = _reward_folder(reward_data, data, select_size)
+        held = _reward_folder(reward_data, data, select_size, image_size)
         train_idx, val_idx = torch.arange(len(data.train)), torch.empty(0, dtype=torch.int64)
     pruner = ChannelPruner(trained.module, trained.input_shape, selection=selection, ignored=layer_names(ignore))
     if not pruner.groups:
         raise AmcError(f"model {model} has no prunable channel group; amc prunes conv and Linear channels")
     trained.module.to(device)  # in place: the pruner's groups and layers are the same modules
 
-    def norm(idx: torch.Tensor) -> torch.Tensor:
-        return normalize(data.train.images[idx], trained.mean, trained.std)
+    def norm(idx: torch.Tensor) -> torch.Tensor:  # decodes (once, cached) when the split is files
+        return normalize(data.train.subset(idx).load().images, trained.mean, trained.std)
 
     # the selection split shares no image with the rewards, the calibration or the re-fit; at most a fifth of
     # the TRAIN images left, so that small data sets keep most of them for the calibration
@@ -307,9 +327,9 @@ def prepare_task(
     return Task(trained, data, pruner, evaluator, train_idx, val_idx, settings, select_idx)
 
 
-def _reward_folder(folder: str | Path, data: Dataset, select_size: int) -> ImageSet:
+def _reward_folder(folder: str | Path, data: Dataset, select_size: int, image_size: int | None) -> ImageSet:
     """The user's validation images of `folder` (see `prepare_task`), checked against the dataset."""
-    held = load_labelled_folder(folder, data.classes)
+    held = load_labelled_folder(folder, data.classes, image_size=image_size)
     if tuple(held.images.shape[1:]) != tuple(data.image_shape):
         c, h, w = held.images.shape[1:]
         raise AmcError(f"the images of --reward-data {folder} are {c}x{h}x{w} (CxHxW) but the dataset's are "

@@ -75,6 +75,8 @@ def add_common_args(parser: argparse.ArgumentParser, *, weights: str | None = No
                                  "images, as the committed CIFAR-10 results)")
         parser.add_argument("--data-dir", help="the data folder (needed for every dataset but "
                                                + " and ".join(EMBEDDED_DATASETS) + ")")
+        parser.add_argument("--image-size", type=int,
+                            help="imagefolder: read images of any size at this side in pixels (amc --image-size)")
     if val_size:
         parser.add_argument("--val-size", type=int, default=SearchConfig.val_size,
                             help="TRAIN images held out as the reward split (default: SearchConfig's, a fifth "
@@ -130,10 +132,10 @@ def models(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 def search_config(args: argparse.Namespace, **fields: Any) -> SearchConfig:
     """The `SearchConfig` of the task a benchmark measures: model and checkpoint (from `--model
-    --checkpoint`, or `model=`/`checkpoint=` for a multi-model benchmark), dataset, data folder, reward
+    --checkpoint`, or `model=`/`checkpoint=` for a multi-model benchmark), dataset, data folder, image size, reward
     split and seed from `args`; `fields` set the rest. Every other setting is SearchConfig's default."""
     given = {"model": getattr(args, "model", None), "checkpoint": getattr(args, "checkpoint", None),
-             "dataset": args.dataset, "data_dir": args.data_dir,
+             "dataset": args.dataset, "data_dir": args.data_dir, "image_size": getattr(args, "image_size", None),
              "val_size": getattr(args, "val_size", SearchConfig.val_size), "seed": args.seed,
              "ignore": getattr(args, "ignore", SearchConfig.ignore)}
     return SearchConfig(**{**given, **fields})
@@ -162,7 +164,8 @@ def resolve_val_size(args: argparse.Namespace) -> int:
         from amc.data.datasets import load_dataset
         from amc.data.split import default_val_size
 
-        args.val_size = default_val_size(len(load_dataset(args.dataset, args.data_dir).train))
+        data = load_dataset(args.dataset, args.data_dir, image_size=getattr(args, "image_size", None))
+        args.val_size = default_val_size(len(data.train))
     return args.val_size
 
 

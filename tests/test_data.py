@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 import amc.data.datasets as data
+import amc.data.decode as decode
 from amc.data.datasets import DATASETS, ImageSet, batches, load_dataset
 from amc.data.split import default_val_size, split_train_val
 from amc.data.transforms import augment_crop_flip, normalize
@@ -107,7 +108,7 @@ def test_imagefolder_cache_hit_and_invalidation(folder: Path, tmp_path: Path, mo
         raise AssertionError("decoded although the cache is valid")
 
     with monkeypatch.context() as m:
-        m.setattr(data, "_decode_file", no_decoding)
+        m.setattr(decode, "decode_file", no_decoding)
         m.setattr(Image, "open", no_decoding)
         second = _load(folder, tmp_path)
     assert torch.equal(first.train.images, second.train.images) and first.classes == second.classes
@@ -129,7 +130,7 @@ def test_imagefolder_default_cache_dir_from_env(folder: Path, tmp_path: Path, mo
 
 def test_imagefolder_process_pool_matches_serial(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     serial = _load(folder, tmp_path / "a")
-    monkeypatch.setattr(data, "_POOL_MIN_FILES", 1)
+    monkeypatch.setattr(decode, "POOL_MIN_FILES", 1)
     pooled = _load(folder, tmp_path / "b")
     assert torch.equal(serial.train.images, pooled.train.images)
     assert torch.equal(serial.test.images, pooled.test.images)

@@ -97,6 +97,13 @@ def _budget_flags(parser: argparse.ArgumentParser, required: bool) -> None:
                         help="measure the latency table in channels-last memory layout (see amc eval --channels-last)")
 
 
+def _data_dir_flags(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--data-dir", required=required, metavar="DIR", help="folder holding the dataset's files")
+    parser.add_argument("--image-size", type=number(int, 8, 4096), metavar="SIDE",
+                        help="imagefolder: read images of any size from disk at SIDE x SIDE pixels, RGB (resize and "
+                             "centre crop; training: random-resized crop and flip), e.g. 224 for ImageNet models")
+
+
 def _checkpoint_flags(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--checkpoint", required=required, metavar="FILE",
                         help="trained weights of the dense model (torch file)")
@@ -117,7 +124,7 @@ SHARED_FLAGS: dict[str, AddShared] = {
     ),
     "checkpoint": _checkpoint_flags,
     "dataset": _flag("--dataset", metavar="NAME", choices=DATASETS, help="one of %(choices)s"),
-    "data_dir": _flag("--data-dir", metavar="DIR", help="folder holding the dataset's files"),
+    "data_dir": _data_dir_flags,
     "input_shape": _flag(
         "--input-shape", type=_input_shape, default=(3, 32, 32), metavar="C,H,W",
         help="one input's shape, used when no --dataset is given (default 3,32,32)",

@@ -75,9 +75,9 @@ def _apply(args: argparse.Namespace) -> int:
         warnings.warn(f"no --checkpoint: pruning the untrained model {args.model} (its initialisation with seed 0)")
     task = None
     if args.dataset:
-        task = prepare_task(args.model, args.checkpoint, args.dataset, args.data_dir, val_size=args.val_size,
-                            seed=args.seed, reconstruct="sequential" if reconstruct else "none", selection=selection,
-                            device=args.device)
+        task = prepare_task(args.model, args.checkpoint, args.dataset, args.data_dir, image_size=args.image_size,
+                            val_size=args.val_size, seed=args.seed, selection=selection, device=args.device,
+                            reconstruct="sequential" if reconstruct else "none")
         trained, pruner = task.model, task.pruner
     else:
         trained = load_trained_model(args.model, args.checkpoint, input_shape=args.input_shape)

@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
         raise AmcError(f"--lbound {lbound} is outside [0, 1); pass e.g. --lbound 0.2")
     extra: dict[str, Any] = {}
     if args.method == "uniform" and (not args.dataset or budget.kind == "latency"):
-        trained = common.trained_model(args.model, args.checkpoint, common.dataset(args.dataset, args.data_dir),
-                                       args.input_shape)
+        data = common.dataset(args.dataset, args.data_dir, args.image_size)
+        trained = common.trained_model(args.model, args.checkpoint, data, args.input_shape)
         # without data no channels are chosen by least squares: record the weight norm apply will use
         pruner = ChannelPruner(trained.module, trained.input_shape,
                                selection=args.selection or ("ls" if args.dataset else "l1"),
@@ -61,9 +61,10 @@ def run(args: argparse.Namespace) -> int:
         from agents.baselines import run_baseline  # the CLI is where amc meets its agents
         from amc.reward import prepare_task
 
-        task = prepare_task(args.model, args.checkpoint, args.dataset, args.data_dir, val_size=args.val_size,
-                            seed=args.seed, selection=args.selection or "ls", select_size=args.select_size,
-                            reward_data=args.reward_data, ignore=args.ignore, device=args.device)
+        task = prepare_task(args.model, args.checkpoint, args.dataset, args.data_dir, image_size=args.image_size,
+                            val_size=args.val_size, seed=args.seed, selection=args.selection or "ls",
+                            select_size=args.select_size, reward_data=args.reward_data, ignore=args.ignore,
+                            device=args.device)
         found = run_baseline(args.method, task, budget, episodes=args.episodes, seed=args.seed, lbound=lbound)
         extra = {"val_accuracy": found.val_accuracy, "evaluations": found.evaluations, "seed": args.seed}
         if found.select_accuracy is not None:

@@ -27,9 +27,9 @@ def is_model_file(spec: str) -> bool:
     return ":" not in spec and (Path(spec).is_file() or spec.endswith((".pt", ".pth")))
 
 
-def dataset(name: str | None, data_dir: str | None) -> Dataset | None:
-    """The named dataset, or None when no --dataset was given."""
-    return load_dataset(name, data_dir) if name else None
+def dataset(name: str | None, data_dir: str | None, image_size: int | None = None) -> Dataset | None:
+    """The named dataset (`load_dataset`), or None when no --dataset was given."""
+    return load_dataset(name, data_dir, image_size=image_size) if name else None
 
 
 def trained_model(spec: str, checkpoint: str | None, data: Dataset | None,

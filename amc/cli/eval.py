@@ -33,28 +33,28 @@ def run(args: argparse.Namespace) -> int:
     from amc.cli import common
     from amc.data.datasets import load_dataset
     from amc.data.split import split_train_val
-    from amc.data.transforms import normalize
     from amc.engine.cost import count_macs_params
-    from amc.engine.measure import accuracy, latency
+    from amc.engine.measure import latency
     from amc.errors import AmcError
+    from amc.reward import split_accuracy
 
     device = torch.device(args.device)  # resolved (and checked) by amc.cli.main
     if args.compare:
-        return _compare(args.compare, args.checkpoint, args.dataset, args.data_dir, args.channels_last, args.json,
-                        device)
+        return _compare(args.compare, args.checkpoint, args.dataset, args.data_dir, args.image_size,
+                        args.channels_last, args.json, device)
     if not args.model:
         raise AmcError("eval needs --model MODEL (or --compare DENSE PRUNED)")
-    data = load_dataset(args.dataset, args.data_dir)
+    data = load_dataset(args.dataset, args.data_dir, image_size=args.image_size)
     if args.checkpoint is None and not common.is_model_file(args.model):
         warnings.warn(f"no --checkpoint: evaluating the untrained model {args.model} (its initialisation with seed 0)")
     trained = common.trained_model(args.model, args.checkpoint, data)
     trained.module.to(device)
     if args.split == "test":
-        images, labels = data.test.images, data.test.labels
+        split = data.test
     else:
         _, val_idx = split_train_val(len(data.train), args.val_size, args.seed)
-        images, labels = data.train.images[val_idx], data.train.labels[val_idx]
-    acc, _ = accuracy(trained.module, normalize(images, trained.mean, trained.std), labels)
+        split = data.train.subset(val_idx)
+    acc, _ = split_accuracy(trained.module, split, trained.mean, trained.std)
     macs, params = count_macs_params(trained.module, trained.input_shape)
     channels_last = _layout(args.channels_last, [trained.module], trained.input_shape)
     ms = latency(trained.module, trained.input_shape, channels_last=channels_last, device=device)
@@ -62,13 +62,13 @@ def run(args: argparse.Namespace) -> int:
     layout = "channels-last" if channels_last else "contiguous"
     where = f"{threads} CPU thread{'s' if threads != 1 else ''}" if device.type == "cpu" else str(device)
     if args.json:
-        common.print_json({"model": args.model, "split": args.split, "accuracy": acc, "images": len(labels),
+        common.print_json({"model": args.model, "split": args.split, "accuracy": acc, "images": len(split),
                            "macs": macs, "params": params, "latency_ms": ms, "device": str(device),
                            "threads": threads, "layout": layout})
         return 0
     common.print_rows([
         ("model", args.model),
-        ("split", f"{args.split} ({len(labels)} images)"),
+        ("split", f"{args.split} ({len(split)} images)"),
         ("accuracy", f"{100 * acc:.2f}%"),
         ("MACs", f"{macs:,}"),
         ("params", f"{params:,}"),
@@ -77,24 +77,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compare(specs: list[str], checkpoint: str | None, dataset: str, data_dir: str | None, channels_last: bool,
-             as_json: bool, device: Any) -> int:
+def _compare(specs: list[str], checkpoint: str | None, dataset: str, data_dir: str | None, image_size: int | None,
+             channels_last: bool, as_json: bool, device: Any) -> int:
     """One table for a dense and a pruned model on the test split, latency as medians of repeated runs."""
     import torch
 
     from amc.cli import common
     from amc.data.datasets import load_dataset
-    from amc.data.transforms import normalize
     from amc.engine.cost import count_macs_params
-    from amc.engine.measure import accuracy, latencies
+    from amc.engine.measure import latencies
+    from amc.reward import split_accuracy
 
-    data = load_dataset(dataset, data_dir)
+    data = load_dataset(dataset, data_dir, image_size=image_size)
     threads = torch.get_num_threads()
     models, rows = [], []
     for spec, weights in zip(specs, (checkpoint, None)):
         trained = common.trained_model(spec, weights, data)
         trained.module.to(device)
-        acc, _ = accuracy(trained.module, normalize(data.test.images, trained.mean, trained.std), data.test.labels)
+        acc, _ = split_accuracy(trained.module, data.test, trained.mean, trained.std)
         macs, params = count_macs_params(trained.module, trained.input_shape)
         models.append(trained.module)
         rows.append({"model": spec, "test_accuracy": acc, "macs": macs, "params": params})

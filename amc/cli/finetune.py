@@ -32,6 +32,9 @@ def finetune_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
     parser.add_argument("--distill-alpha", type=number(float, 0.0, 1.0), default=defaults.distill_alpha,
                         help="weight of distillation from the dense model (default %(default)s: none)")
     parser.add_argument("--threads", type=THREADS, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--workers", type=number(int, 0, 256), metavar="N",
+                        help="processes decoding image files (--image-size) ahead of training (default: one per "
+                             "core but one, at most 8; 0: in the training process)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted fine-tuning of --out")
     parser.add_argument("--export", choices=EXPORT_FORMATS, action="append", default=[],
                         help="also write OUT.pt2 (a torch.export program, loads with plain torch), OUT.onnx, or "
@@ -43,7 +46,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
     return FinetuneConfig(epochs=args.finetune_epochs, batch_size=args.batch_size, lr=args.lr,
                           weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
                           distill_alpha=args.distill_alpha, seed=args.seed, num_threads=args.threads,
-                          device=args.device)
+                          workers=args.workers, device=args.device)
 
 
 def finetune_and_save(pruned: Any, data: Any, config: FinetuneConfig, out: str, *, val_size: int | None,
@@ -94,14 +97,13 @@ def run(args: argparse.Namespace) -> int:
 def _finetune(args: argparse.Namespace) -> int:
     from amc.cli import common
     from amc.data.datasets import load_dataset
-    from amc.data.transforms import normalize
-    from amc.engine.measure import accuracy
     from amc.errors import AmcError
     from amc.models.pruned import load_model
     from amc.models.trained import load_trained_model
+    from amc.reward import split_accuracy
     from amc.train import distributed
 
-    data = load_dataset(args.dataset, args.data_dir)
+    data = load_dataset(args.dataset, args.data_dir, image_size=args.image_size)
     pruned = common.pruned_model_file(args.model, data)
     teacher = None
     if args.teacher:
@@ -113,7 +115,7 @@ def _finetune(args: argparse.Namespace) -> int:
     if not distributed.is_main():  # under torchrun, rank 0 alone measures, exports and reports
         return 0
     best = load_model(args.out)
-    acc, _ = accuracy(best, normalize(data.test.images, pruned.mean, pruned.std), data.test.labels)
+    acc, _ = split_accuracy(best, data.test, pruned.mean, pruned.std)
     common.export_all(best, pruned.input_shape, args.out, args.export)
     if args.json:
         common.print_json({"out": args.out, "test_accuracy": acc, "epochs": args.finetune_epochs})

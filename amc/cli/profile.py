@@ -17,7 +17,7 @@ def run(args: argparse.Namespace) -> int:
     from amc.engine.groups import layer_names
     from amc.engine.pruner import ChannelPruner
 
-    trained = common.trained_model(args.model, args.checkpoint, common.dataset(args.dataset, args.data_dir),
+    trained = common.trained_model(args.model, args.checkpoint, common.dataset(args.dataset, args.data_dir, args.image_size),
                                    args.input_shape)
     pruner = ChannelPruner(trained.module, trained.input_shape, ignored=layer_names(args.ignore))
     macs, params = count_macs_params(trained.module, trained.input_shape)

@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         warnings.warn(f"no --checkpoint: searching the untrained model {model}")
     out = args.out or str(Path("runs") / f"{Path(model).stem}-{budget.kind}{round(100 * budget.ratio)}")
     config = SearchConfig(
-        model=model, checkpoint=checkpoint, dataset=dataset, data_dir=args.data_dir, budget_kind=budget.kind,
+        model=model, checkpoint=checkpoint, dataset=dataset, data_dir=args.data_dir, image_size=args.image_size,
+        budget_kind=budget.kind,
         budget_ratio=budget.ratio, reward=args.reward, latency_batch=args.latency_batch,
         latency_channels_last=args.latency_channels_last, episodes=args.episodes, warmup=args.warmup,
         val_size=args.val_size, reward_data=args.reward_data, select_size=args.select_size,

@@ -1,35 +1,34 @@
-"""Datasets as in-memory uint8 tensors, train/validation splits, and sharded mini-batches.
+"""Datasets as in-memory uint8 tensors or as image files read on demand, train/validation splits, and sharded
+mini-batches.
 
-Every dataset is held whole in memory as uint8 [N, C, H, W] (CIFAR-10 is 180 MB), so the
-training loop is plain tensor indexing with no DataLoader workers. Image folders are decoded
-once and cached as a tensor file; see `load_dataset`.
+Most datasets are held whole in memory as uint8 [N, C, H, W] (CIFAR-10 is 180 MB), so the training loop is
+plain tensor indexing with no DataLoader workers. Image folders are decoded once and cached as a tensor file;
+with `image_size` an image folder is instead read from disk at one size, for images of any size and folders
+too large for memory (`amc.data.imagefiles`). See `load_dataset`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 import pickle
-import sys
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from tqdm import tqdm
 
 from amc.data import DATASETS
+from amc.data.decode import decode_all, read_cache, resolve_cache_dir, write_cache
+from amc.data.imagefiles import ImageFiles, stream_batches
 from amc.data.transforms import augment_crop_flip, normalize
 from amc.errors import AmcError
-from amc.fileio import atomic_torch_save
 
 __all__ = [
     "DATASETS",
     "Dataset",
+    "ImageFiles",
     "ImageSet",
     "batches",
     "load_dataset",
@@ -42,9 +41,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 # Bump when the decoded layout changes, so old cache files are re-decoded instead of misread.
 _CACHE_FORMAT = 2  # 2: grayscale folders keep one channel, 16-bit gray is scaled
-# Below this many files a process pool costs more to start than it saves.
-_POOL_MIN_FILES = 2000
-_PROGRESS_MIN_FILES = 5000
+
 
 
 @dataclass
@@ -62,9 +59,22 @@ class ImageSet:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image."""
+        c, h, w = self.images.shape[1:]
+        return (c, h, w)
+
     def subset(self, idx: torch.Tensor) -> ImageSet:
         """The images at int64 indices `idx` [M], as a new ImageSet of M images (copies)."""
         return ImageSet(self.images[idx], self.labels[idx])
+
+    def load(self, cache_dir: str | Path | None = None) -> ImageSet:
+        """The images in memory: this set itself (as `ImageFiles.load` decodes files)."""
+        return self
+
+
+Split = ImageSet | ImageFiles  # a split in memory, or read from files on demand
 
 
 @dataclass
@@ -73,14 +83,16 @@ class Dataset:
 
     Attributes:
         name: one of DATASETS.
-        train, test: the two splits; a validation split is carved out of `train` by the caller.
+        train, test: the two splits, in memory (ImageSet) or, for an image folder read at `--image-size`, as files
+            (ImageFiles; `split.subset(idx).load()` decodes a part); a validation split is carved out of `train`
+            by the caller.
         classes: class names; label i is classes[i].
         mean, std: per-channel statistics of pixels scaled to [0, 1], for `normalize`.
     """
 
     name: str
-    train: ImageSet
-    test: ImageSet
+    train: Split
+    test: Split
     classes: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -92,24 +104,33 @@ class Dataset:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of every image."""
-        c, h, w = self.train.images.shape[1:]
-        return (c, h, w)
+        return self.train.shape
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, *, cache_dir: str | Path | None = None) -> Dataset:
-    """Load a dataset whole into memory.
+def load_dataset(name: str, data_dir: str | Path | None = None, *, cache_dir: str | Path | None = None,
+                 image_size: int | None = None) -> Dataset:
+    """Load a dataset: whole into memory, or (an image folder with `image_size`) as files read on demand.
 
     Args:
         name: one of DATASETS. `digits` and `synthetic` need no files; the others need `data_dir`.
         data_dir: for `cifar10`/`cifar100` the folder of python-pickle batches or its parent;
             for `imagefolder` a folder holding train/<class>/* and test/<class>/*.
         cache_dir: where `imagefolder` keeps decoded tensors; default $AMC_CACHE_DIR, else ~/.cache/amc.
+        image_size: `imagefolder` only: read images of any size as RGB at image_size x image_size pixels (the
+            ImageNet evaluation and training transforms of `amc.data.imagefiles`), decoding on demand; None holds
+            the folder in memory at its images' own (common) size.
 
     Raises:
-        AmcError: unknown name, missing data_dir, or data that is missing or malformed.
+        AmcError: unknown name, missing data_dir, `image_size` with another dataset or below 8, or data that is
+            missing or malformed.
     """
     if name not in DATASETS:
         raise AmcError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if image_size is not None:
+        if name != "imagefolder":
+            raise AmcError(f"--image-size applies to imagefolder data; {name} has images of a fixed size: drop it")
+        if not (isinstance(image_size, int) and image_size >= 8):
+            raise AmcError(f"--image-size {image_size} is too small; pass a side in pixels of at least 8 (e.g. 224)")
     if name == "digits":
         return _load_digits()
     if name == "synthetic":
@@ -119,13 +140,15 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, cache_dir: st
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise AmcError(f"data folder {root} does not exist or is not a folder; pass an existing --data-dir")
+    if name == "imagefolder" and image_size is not None:
+        return _imagefolder_files(root, image_size)
     if name == "imagefolder":
         return _load_imagefolder(root, resolve_cache_dir(cache_dir))
     return _load_cifar(name, root)
 
 
 def batches(
-    data: ImageSet,
+    data: Split,
     batch_size: int,
     mean: Sequence[float],
     std: Sequence[float],
@@ -135,6 +158,7 @@ def batches(
     generator: torch.Generator | None = None,
     rank: int = 0,
     world_size: int = 1,
+    workers: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Iterate over `data` in normalized mini-batches.
 
@@ -148,13 +172,15 @@ def batches(
         batch_size: images per batch; the last batch may be smaller.
         mean, std: per-channel statistics for `normalize`.
         shuffle: visit images in an order drawn from `generator`.
-        augment: apply `augment_crop_flip` (drawing from `generator`).
+        augment: apply `augment_crop_flip` to images in memory, the random-resized crop and flip of
+            `amc.data.imagefiles` to files (drawing from `generator`).
         generator: required when shuffling or augmenting. Under DDP seed it identically on every
             rank: all ranks then draw the same permutation and consume the same number of draws.
         rank, world_size: this process's shard.
+        workers: decoding processes for files (`stream_batches`; None: `default_workers()`); unused in memory.
 
     Yields:
-        (images, labels): float32 [B, C, H, W] and int64 [B], on the device of `data`.
+        (images, labels): float32 [B, C, H, W] and int64 [B], on the device of `data` (files: the CPU).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -163,11 +189,16 @@ def batches(
     if (shuffle or augment) and generator is None:
         raise ValueError("shuffle and augment need a generator, seeded the same on every rank")
     n = len(data)
+    device = data.images.device if isinstance(data, ImageSet) else torch.device("cpu")
     if shuffle:
-        order = torch.randperm(n, generator=generator, device=generator.device).to(data.images.device)
+        order = torch.randperm(n, generator=generator, device=generator.device).to(device)
     else:
-        order = torch.arange(n, device=data.images.device)
+        order = torch.arange(n, device=device)
     shard = order[: n - n % world_size][rank::world_size]
+    if isinstance(data, ImageFiles):
+        yield from stream_batches(data, shard, batch_size, mean, std, augment=augment, generator=generator,
+                                  workers=workers)
+        return
     for start in range(0, len(shard), batch_size):
         idx = shard[start : start + batch_size]
         images = data.images[idx]
@@ -260,13 +291,6 @@ def _unpickle(path: Path) -> dict:
         raise AmcError(f"CIFAR file {path} is corrupt ({e}); re-extract the dataset archive") from None
 
 
-def resolve_cache_dir(cache_dir: str | Path | None = None) -> Path:
-    """The folder for amc's caches: `cache_dir`, else $AMC_CACHE_DIR, else ~/.cache/amc."""
-    if cache_dir is None:
-        cache_dir = os.environ.get("AMC_CACHE_DIR") or Path.home() / ".cache" / "amc"
-    return Path(cache_dir).expanduser()
-
-
 _ImageFile = tuple[Path, int, os.stat_result]  # (path, label, stat)
 
 
@@ -331,71 +355,6 @@ def _walk_files(folder: Path, seen: set[tuple[int, int]] | None = None) -> list[
         raise AmcError(f"cannot read image folder {folder} ({exc.strerror or exc}); fix the folder or its links") from None
     return sorted(out, key=lambda e: e.path)
 
-_GRAY_MODES = ("1", "L", "LA")
-_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
-
-
-def _decode_file(path: str) -> np.ndarray | str:
-    """One image file as uint8 [H, W, C] with its own channel count (1 for grayscale, 3 for colour), or the
-    reason it cannot be decoded faithfully.
-
-    Grayscale stays one channel; 16-bit grayscale is scaled to 8 bits (v / 257), where converting it to RGB
-    would clip every pixel above 255 to white; palette, CMYK and alpha images become RGB (alpha dropped);
-    32-bit float images are refused: their range is unknown.
-    """
-    try:
-        with Image.open(path) as img:
-            if img.mode in _SIXTEEN_BIT_MODES or img.mode == "I":
-                values = np.asarray(img).astype(np.int64)
-                if values.min() < 0 or values.max() > 65535:
-                    return f"its {img.mode} pixels lie outside 0..65535; save it as an 8- or 16-bit image"
-                if img.mode == "I" and values.max() <= 255:  # 8-bit values held in 32-bit integers
-                    return values.astype(np.uint8)[..., None]
-                return np.rint(values / 257.0).astype(np.uint8)[..., None]
-            if img.mode == "F":
-                return "it holds 32-bit float pixels of unknown range; save it as an 8- or 16-bit image"
-            if img.mode in _GRAY_MODES:
-                return np.asarray(img.convert("L"))[..., None]
-            return np.asarray(img.convert("RGB"))
-    except Exception as e:  # Pillow's plugins raise many types on bad files; all mean "unreadable"
-        return f"{type(e).__name__}: {e}"
-
-
-def _decode_all(paths: list[str]) -> torch.Tensor:
-    """Decode every file, in order, into uint8 [N, C, H, W]; all must share the first image's size. C is 1
-    when every image is grayscale, else 3 (grayscale images then repeat their channel)."""
-    if len(paths) >= _POOL_MIN_FILES and (os.cpu_count() or 1) > 1:
-        pool = multiprocessing.Pool(os.cpu_count())
-        decoded: Iterator[np.ndarray | str] = pool.imap(_decode_file, paths, chunksize=256)
-    else:
-        pool = None
-        decoded = map(_decode_file, paths)
-    arrays: list[np.ndarray] = []
-    try:
-        progress = tqdm(
-            decoded, total=len(paths), desc="decoding images", unit="img", file=sys.stderr,
-            disable=len(paths) <= _PROGRESS_MIN_FILES, leave=False,
-        )  # fmt: skip
-        for i, arr in enumerate(progress):
-            if isinstance(arr, str):
-                raise AmcError(f"cannot read image {paths[i]} faithfully ({arr}); delete or replace the file")
-            if arrays and arr.shape[:2] != arrays[0].shape[:2]:
-                h, w, ih, iw = *arrays[0].shape[:2], *arr.shape[:2]
-                raise AmcError(
-                    f"image {paths[i]} is {iw}x{ih} pixels but {paths[0]} is {w}x{h}; "
-                    f"resize all images to {w}x{h} (width x height)"
-                )
-            arrays.append(arr)
-    finally:
-        if pool is not None:
-            pool.terminate()
-    channels = max(a.shape[2] for a in arrays)  # _list_images guarantees at least one file
-    out = np.empty((len(arrays), *arrays[0].shape[:2], channels), dtype=np.uint8)
-    for i, arr in enumerate(arrays):
-        out[i] = arr  # a grayscale image in a colour folder broadcasts to three equal channels
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
-
-
 def _load_imagefolder(root: Path, cache_dir: Path) -> Dataset:
     """An ImageFolder tree decoded once, then loaded from a cache file in `cache_dir`.
 
@@ -410,10 +369,10 @@ def _load_imagefolder(root: Path, cache_dir: Path) -> Dataset:
         key.update(f"{path.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     cache_file = cache_dir / f"imagefolder-{hashlib.sha256(str(root).encode()).hexdigest()[:16]}.pt"
 
-    cached = _read_cache(cache_file, key.hexdigest())
+    cached = read_cache(cache_file, key.hexdigest())
     if cached is None:
         labels = torch.tensor([label for _, label, _ in files], dtype=torch.int64)
-        images = _decode_all([str(path) for path, _, _ in files])
+        images = decode_all([str(path) for path, _, _ in files])
         cached = {
             "key": key.hexdigest(),
             "classes": classes,
@@ -422,7 +381,7 @@ def _load_imagefolder(root: Path, cache_dir: Path) -> Dataset:
             "test_images": images[n_train:],
             "test_labels": labels[n_train:],
         }
-        _write_cache(cache_file, cached)
+        write_cache(cache_file, cached)
     train = ImageSet(cached["train_images"], cached["train_labels"])
     test = ImageSet(cached["test_images"], cached["test_labels"])
     if train.images.shape[1] == 3:  # colour photos: the usual ImageNet statistics
@@ -432,11 +391,24 @@ def _load_imagefolder(root: Path, cache_dir: Path) -> Dataset:
     return Dataset("imagefolder", train, test, list(cached["classes"]), mean, std)
 
 
-def load_labelled_folder(folder: str | Path, classes: Sequence[str], *, cache_dir: str | Path | None = None) -> ImageSet:
+def _imagefolder_files(root: Path, size: int) -> Dataset:
+    """An ImageFolder tree as files read on demand at size x size, RGB, normalized with ImageNet's statistics."""
+    classes, train_files, test_files = _list_images(root.resolve())
+
+    def split(files: list[_ImageFile]) -> ImageFiles:
+        return ImageFiles([str(path) for path, _, _ in files],
+                          torch.tensor([label for _, label, _ in files], dtype=torch.int64), size)
+
+    return Dataset("imagefolder", split(train_files), split(test_files), classes, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def load_labelled_folder(folder: str | Path, classes: Sequence[str], *, cache_dir: str | Path | None = None,
+                         image_size: int | None = None) -> ImageSet:
     """Images of one split in class folders, `folder/<class>/*`, labelled by `classes` (the dataset's class
     names: a folder named `classes[i]` holds images of label i; a dataset may have classes the folder lacks).
-    Decoded once and cached like `imagefolder` (`AMC_CACHE_DIR`). Used for a user's own validation images
-    (`amc train-agent --reward-data`).
+    Decoded once and cached like `imagefolder` (`AMC_CACHE_DIR`); with `image_size`, images of any size pass the
+    evaluation transform of `amc.data.imagefiles` (RGB, image_size x image_size). Used for a user's own
+    validation images (`amc train-agent --reward-data`).
 
     Returns:
         ImageSet: uint8 [N, C, H, W] images, int64 [N] labels, ordered by class, then by path.
@@ -461,33 +433,17 @@ def load_labelled_folder(folder: str | Path, classes: Sequence[str], *, cache_di
         if not entries:
             raise AmcError(f"class folder {root / cls} has no images; add images or remove the folder")
         files.extend((Path(e.path), list(classes).index(cls), e.stat()) for e in entries)
+    labels = torch.tensor([label for _, label, _ in files], dtype=torch.int64)
+    if image_size is not None:
+        return ImageFiles([str(path) for path, _, _ in files], labels, image_size).load(cache_dir)
     key = hashlib.sha256(f"{_CACHE_FORMAT}\nsplit\n{root}\n".encode())
     for path, label, st in files:
         key.update(f"{path.relative_to(root)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     cache_file = resolve_cache_dir(cache_dir) / f"imagesplit-{hashlib.sha256(str(root).encode()).hexdigest()[:16]}.pt"
-    cached = _read_cache(cache_file, key.hexdigest())
+    cached = read_cache(cache_file, key.hexdigest())
     if cached is None:
-        cached = {"key": key.hexdigest(), "images": _decode_all([str(path) for path, _, _ in files]),
-                  "labels": torch.tensor([label for _, label, _ in files], dtype=torch.int64)}
-        _write_cache(cache_file, cached)
+        cached = {"key": key.hexdigest(), "images": decode_all([str(path) for path, _, _ in files]), "labels": labels}
+        write_cache(cache_file, cached)
     return ImageSet(cached["images"], cached["labels"])
 
 
-def _read_cache(cache_file: Path, key: str) -> dict | None:
-    """The cached tensors if `cache_file` exists, is readable and matches `key`; otherwise None."""
-    if not cache_file.is_file():
-        return None
-    try:
-        cached = torch.load(cache_file, map_location="cpu", weights_only=True)
-    except Exception:  # a truncated or foreign file is just a cache miss; it gets rewritten
-        return None
-    return cached if isinstance(cached, dict) and cached.get("key") == key else None
-
-
-def _write_cache(cache_file: Path, cached: dict) -> None:
-    """Write atomically, so a concurrent reader (e.g. another DDP rank) never sees a partial file."""
-    try:
-        atomic_torch_save(cached, cache_file)
-    except AmcError as e:
-        # The data is already decoded; an unwritable cache only costs the next run another decode.
-        warnings.warn(f"could not write image cache: {e}; or set AMC_CACHE_DIR to a writable folder", stacklevel=3)

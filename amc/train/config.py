@@ -26,10 +26,13 @@ class FinetuneConfig:
         distill_alpha: weight a of knowledge distillation from a teacher, in [0, 1]:
             loss = (1 - a) * CE + a * T^2 * KL(softmax(teacher / T) || softmax(student / T)).
         temperature: the distillation temperature T (> 0).
-        augment: random 4-pixel-padded crop + horizontal flip (`augment_crop_flip`), applied only to
-            images at least AUGMENT_MIN_SIZE (32) pixels high; smaller ones are never augmented.
+        augment: random 4-pixel-padded crop + horizontal flip (`augment_crop_flip`) for images in memory, a
+            random-resized crop + flip for image files (`amc.data.imagefiles`); applied only to images at least
+            AUGMENT_MIN_SIZE (32) pixels high; smaller ones are never augmented.
         seed: seeds the data order, the augmentation and torch's global RNG of every epoch.
         num_threads: torch CPU threads to use; None keeps torch's current setting.
+        workers: processes decoding image files ahead of training (None: one per core but one, at most 8; 0: in
+            the training process); unused for data held in memory. The batches do not depend on it.
         device: "auto" (the first CUDA device if there is one, else the CPU), "cpu", "cuda" or "cuda:N"; under
             torchrun with CUDA each process uses cuda:LOCAL_RANK.
     """
@@ -46,4 +49,5 @@ class FinetuneConfig:
     augment: bool = True
     seed: int = 0
     num_threads: int | None = None
+    workers: int | None = None
     device: str = "auto"

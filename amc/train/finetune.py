@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from amc.data.datasets import ImageSet, batches
+from amc.data.datasets import ImageSet, Split, batches
 from amc.engine.device import resolve_device
 from amc.engine.measure import accepts_channels_last, accuracy
 from amc.errors import AmcError
@@ -48,7 +48,7 @@ _EVAL_BATCH = 500
 _LAST_FORMAT = 1
 # Settings that may differ between a run and its resumption without making the checkpoint's optimizer
 # state or step count meaningless (a larger `epochs` stretches the remaining schedule).
-_RESUMABLE_CHANGES = ("epochs", "device", "num_threads")
+_RESUMABLE_CHANGES = ("epochs", "device", "num_threads", "workers")
 
 
 @dataclass
@@ -77,8 +77,8 @@ def last_checkpoint_path(out: str | Path) -> Path:
 
 def finetune(
     model: nn.Module,
-    train: ImageSet,
-    val: ImageSet,
+    train: Split,
+    val: Split,
     mean: Sequence[float],
     std: Sequence[float],
     config: FinetuneConfig | None = None,
@@ -101,14 +101,16 @@ def finetune(
 
     Args:
         model: the classifier, e.g. a pruned network; maps normalized images to logits [N, classes].
-        train, val: uint8 image sets; normalized with `mean`, `std` (per channel, of [0, 1] pixels).
+        train, val: uint8 image sets in memory, or image files (`ImageFiles`: `train` streams through
+            `config.workers` decoding processes, `val` is decoded once and cached); normalized with `mean`,
+            `std` (per channel, of [0, 1] pixels).
         config: settings; None means FinetuneConfig().
         teacher: model distilled from when config.distill_alpha > 0 (moved to the device, put in eval mode).
         out: with it, the best epoch's model is written to `out` by `save_fn(model, path)` and the state
             to resume from (model, optimizer, epoch, history, best, config) to `last_checkpoint_path(out)`
             after every epoch, both atomically.
         resume: continue from `last_checkpoint_path(out)`; its config must match this one except for
-            epochs, device and num_threads. The remaining epochs give the same weights as an uninterrupted
+            epochs, device, num_threads and workers. The remaining epochs give the same weights as an uninterrupted
             run with this config (bit-for-bit on the CPU with the same number of threads).
         force: start afresh when `out` or its resume state exists, removing both first.
         progress: show a progress bar over epochs on stderr.
@@ -143,8 +145,8 @@ def finetune(
 
 def _train(
     model: nn.Module,
-    train: ImageSet,
-    val: ImageSet,
+    train: Split,
+    val: Split,
     mean: Sequence[float],
     std: Sequence[float],
     config: FinetuneConfig,
@@ -173,7 +175,7 @@ def _train(
 
     # Image batches and conv kernels (4-D weights) in channels-last layout: ~1.4x faster CPU training, for
     # the models that accept it.
-    layout = torch.channels_last if accepts_channels_last(model, train.images.shape[1:]) else torch.contiguous_format
+    layout = torch.channels_last if accepts_channels_last(model, train.shape) else torch.contiguous_format
     model.to(device, memory_format=layout)
     state = _load_last(last_checkpoint_path(out), config, model) if resume and out is not None else None
     net, module = _wrap(model, device, world_size)
@@ -191,11 +193,12 @@ def _train(
     else:
         teacher = None
 
-    train = ImageSet(train.images.to(device), train.labels.to(device))
+    if isinstance(train, ImageSet):  # in memory: held on the device; files stream through CPU workers
+        train = ImageSet(train.images.to(device), train.labels.to(device))
     # Validation shards keep every image (no rounding down as in `batches`): counts are summed exactly.
-    val = val.subset(torch.arange(rank, len(val), world_size))
+    val = val.subset(torch.arange(rank, len(val), world_size)).load()
     val = ImageSet(val.images.to(device), val.labels.to(device))
-    augment = config.augment and train.images.shape[2] >= AUGMENT_MIN_SIZE
+    augment = config.augment and train.shape[1] >= AUGMENT_MIN_SIZE
 
     bar = tqdm(
         initial=len(history), total=config.epochs, desc="fine-tuning", unit="epoch", file=sys.stderr,
@@ -211,9 +214,10 @@ def _train(
             step = epoch * steps_per_epoch
             for images, labels in batches(
                 train, rank_batch, mean, std, shuffle=True, augment=augment, generator=generator,
-                rank=rank, world_size=world_size,
+                rank=rank, world_size=world_size, workers=config.workers,
             ):  # fmt: skip
-                images = images.contiguous(memory_format=layout)
+                images = images.to(device, non_blocking=True).contiguous(memory_format=layout)
+                labels = labels.to(device, non_blocking=True)
                 lr = config.lr * _lr_factor(step, warmup_steps, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -273,6 +277,9 @@ def _check_config(config: FinetuneConfig, teacher: nn.Module | None) -> None:
             f"warm-up epochs {config.warmup_epochs} or label smoothing {config.label_smoothing} is out of range; "
             "use warm-up >= 0 and label smoothing in [0, 1)"
         )
+    if config.workers is not None and config.workers < 0:
+        raise AmcError(f"workers {config.workers} is negative; pass --workers 0 or more (0 decodes in the training "
+                       "process)")
     if not (0 <= config.distill_alpha <= 1 and 0 < config.temperature < math.inf):
         raise AmcError(
             f"distillation alpha {config.distill_alpha} or temperature {config.temperature} is out of range; "
