@@ -30,7 +30,7 @@ from agents.runfolder import EpisodeLog, RunFolder
 from agents.selection import FinalSelection, select_final
 from amc.engine.budget import Budget, uniform_counts
 from amc.engine.device import resolve_device
-from amc.engine.latency import LatencyTable
+from amc.engine.latency import LatencyTable, fit_to_latency
 from amc.errors import AmcError, one_line
 from amc.fileio import atomic_copy, atomic_write_json
 from amc.policy import Policy
@@ -257,6 +257,8 @@ def _search(config: SearchConfig, run: RunFolder, task: Task, resume: bool, prog
 
     rows = log.read()
     final, selection = _final_selection(task, config, run.path, log, rows, state.best)
+    if budget.kind == "latency":
+        final = _timed_within_budget(task, config, latency, final)
     final.save(run.path / "best_policy.json")
     flat = uniform_counts(task.pruner, env.cost, env.target)
     uniform = _policy(task, config, flat.tolist(), method="uniform", **_accuracies(task, flat))
@@ -289,6 +291,29 @@ def _final_selection(task: Task, config: SearchConfig, folder: Path, log: Episod
                     val_accuracy=best.val_accuracy, select_accuracy=best.select_accuracy, select_gap=selection.gap,
                     candidates=len(selection.candidates), seed=config.seed, **source)
     return final, selection
+
+
+def _timed_within_budget(task: Task, config: SearchConfig, table: LatencyTable, final: Policy) -> Policy:
+    """The final policy of a latency budget, timed for real against the dense model (`fit_to_latency`): the table is
+    an estimate, so a policy it put within the budget that runs slower is narrowed until it meets the budget when
+    timed, and re-scored. The policy records its measured latency ratio (and the narrowing factor)."""
+    counts = final.counts_for(task.pruner)
+    predicted = float(table(counts) / table.dense)
+    fit = fit_to_latency(task.pruner, table, counts, config.budget_ratio)
+    timed = {"latency_predicted": predicted, "latency_measured": fit.measured}
+    if fit.factor == 1.0:
+        final.extra.update(timed)
+        return final
+    if fit.factor > 0:
+        warnings.warn(f"the latency table put the final policy at {predicted:.3f} of the dense latency but it ran at "
+                      f"{fit.first:.3f}; every group was narrowed by a factor {fit.factor:.3f} to meet the budget of "
+                      f"{config.budget_ratio:g} when timed ({fit.measured:.3f})")
+    else:
+        warnings.warn(f"the final policy ran at {fit.first:.3f} of the dense latency and even the smallest model runs "
+                      f"at {fit.measured:.3f}: the budget {config.budget_ratio:g} is not met on this machine; raise it")
+    extra = {k: v for k, v in final.extra.items() if k not in ("selection", "val_accuracy", "select_accuracy")}
+    return _policy(task, config, fit.keep.tolist(), **{**extra, **_accuracies(task, fit.keep), **timed,
+                                                       "latency_narrowed": fit.factor, "latency_before": fit.first})
 
 
 def baseline_policies(task: Task, config: SearchConfig) -> list[tuple[np.ndarray, str]]:

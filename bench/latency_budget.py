@@ -1,9 +1,12 @@
 """Benchmark: does a `--target-latency R` search meet its budget when the pruned model is timed again?
 
 Runs the AMC search with a latency budget (`--target-latency R` at `--batch`, channels-last if
-`--channels-last`: the run's per-layer latency table, `amc.engine.latency`), then times the dense model, the
-search's policy and the uniform policy at the same budget (as deployed: BatchNorm folded, in interleaved rounds,
-`amc.engine.measure.latencies`) and compares each measured latency ratio with the table's prediction. Writes
+`--channels-last`: the run's per-layer latency table, `amc.engine.latency`; the search then times its final policy
+and narrows it if it runs slower than the budget, `fit_to_latency`), then times again, in one new measurement, the
+dense model and four policies: the search's final one; the policy the table alone chose (the final selection's
+choice, before the timed check); the uniform policy the table puts at the budget; and that uniform policy after
+the same timed check. Each measured latency ratio (as deployed: BatchNorm folded, in interleaved rounds,
+`amc.engine.measure.latencies`) is compared with the table's prediction. Writes
 `bench/results/latency_budget_<model>_l<pct>[_s<seed>].json` and `.md`.
 
     python bench/latency_budget.py --model resnet56 --checkpoint ../shared/weights/resnet56-cifar10jpg.pt \
@@ -16,10 +19,12 @@ import json
 from pathlib import Path
 
 import common  # bench/common.py; puts the repository on sys.path
+import numpy as np
 
 from agents.search import latency_table, run_search
 from amc.engine.budget import uniform_counts
 from amc.engine.cost import count_macs_params
+from amc.engine.latency import fit_to_latency
 from amc.engine.measure import latencies
 
 
@@ -40,8 +45,12 @@ def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) ->
     task = config.prepare_task()
     result = run_search(config, resume=(Path(config.out) / "config.json").exists(), progress=False, task=task)
     table = latency_table(task, Path(config.out), args.batch, args.channels_last)
-    policies = {"amc": result.best.counts_for(task.pruner),
-                "uniform": uniform_counts(task.pruner, table, args.target_latency * table.dense)}
+    flat = uniform_counts(task.pruner, table, args.target_latency * table.dense)
+    policies = {"amc": result.best.counts_for(task.pruner)}
+    if result.selection is not None:
+        policies["amc, table only"] = np.array(result.selection.best.counts)
+    policies["uniform, table only"] = flat
+    policies["uniform"] = fit_to_latency(task.pruner, table, flat, args.target_latency).keep
     models = [task.pruner.model] + [task.evaluator.prune(counts) for counts in policies.values()]
     shape = task.pruner.input_shape
     measured = latencies(models, shape, args.batch, channels_last=args.channels_last)

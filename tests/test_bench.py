@@ -163,5 +163,9 @@ def test_latency_budget_benchmark_times_the_searched_policy_again(bench, tmp_pat
                                   "digits", "--target-latency", "0.7", "--batch", "8", "--episodes", "4", "--warmup",
                                   "2", "--runs", str(tmp_path / "runs")], results)
     report = json.loads((results / "latency_budget_digits_cnn_l70.json").read_text())
-    assert [r["policy"] for r in report["rows"]] == ["amc", "uniform"]
+    assert [r["policy"] for r in report["rows"]] == ["amc", "amc, table only", "uniform, table only", "uniform"]
+    # the timed check only ever narrows a policy the table put within the budget
     assert all(r["predicted_ratio"] <= 0.7 and r["measured_ratio"] > 0 for r in report["rows"])
+    run = next((tmp_path / "runs").glob("bench-latency_budget_digits_cnn_l70_v*"))
+    policy = json.loads((run / "best_policy.json").read_text())
+    assert {"latency_predicted", "latency_measured"} <= set(policy)

@@ -7,19 +7,26 @@ model will run in (contiguous or channels-last). A layer's input and output may 
 the sum of what each cut saves alone (it scales with their product), so such a layer is timed on a 2-D grid of
 (input width, output width) and interpolated bilinearly; a layer cut on one side only, on a 1-D grid. Layer widths
 follow from the kept counts exactly (`CostModel.widths`). BatchNorm is not timed: deployment folds it into the
-conv. A policy's latency is then
+conv. A policy's layers alone would take
 
-    latency(keep) = dense latency - scale * sum_l (t_l(full widths) - t_l(widths_l(keep)))     [milliseconds]
+    raw(keep) = dense latency - sum_l (t_l(full widths) - t_l(widths_l(keep)))     [milliseconds]
 
 where the dense latency is a measured forward pass of the whole model. Layers timed alone miss what a whole
-network spends beside them in proportion to its widths (the ReLUs, residual adds and shortcuts on every
-activation, the memory traffic between layers), so `scale` is calibrated once on a whole model: the dense model
-and the one keeping half of every group are timed together, and `scale` makes the table predict that model's
-measured latency exactly. The table is a JSON object, so a run measures it once and reuses it on resume.
+network spends beside them (the ReLUs, residual adds and shortcuts on every activation, the memory traffic between
+layers, caches that a narrower model fits), and not in one proportion: on resnet56 at batch 64 a single scale
+fitted at half of every group under-predicted the latency of lighter pruning by a fifth. So the table is
+calibrated on whole models: the dense model and the models keeping 3/4, 1/2, 1/4 and 1/8 of every group are timed
+together, and the prediction is the piecewise-linear map through their (raw, measured) points,
+
+    latency(keep) = calibration(raw(keep)),
+
+exact at each calibration model, monotone, extended below the smallest one along its last segment. The table is
+a JSON object, so a run measures it once and reuses it on resume.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +38,9 @@ from amc.engine.budget import min_counts
 from amc.engine.groups import prune_copy
 from amc.engine.measure import latencies, to_channels_last
 from amc.engine.pruner import ChannelPruner
+
+# the calibration models keep these fractions of every group's channels (rounded up, at least each group's minimum)
+CALIBRATION_FRACTIONS = (0.75, 0.5, 0.25, 0.125)
 
 
 def _layer_at(module: nn.Module, in_width: int, out_width: int) -> nn.Module:
@@ -69,6 +79,17 @@ def _interp2(x: np.ndarray, y: np.ndarray, xs: np.ndarray, ys: np.ndarray, table
             + u * w * table[i1, j1])
 
 
+def _isotonic(values: list[float]) -> np.ndarray:
+    """The non-decreasing sequence closest to `values` in least squares (pool-adjacent-violators)."""
+    blocks: list[list[float]] = []  # [mean, count] of pooled runs
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, n2), (m1, n1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return np.concatenate([np.full(int(n), m) for m, n in blocks])
+
+
 def _width_grid(full: int, smallest: int, points: int) -> list[int]:
     """`points` widths from `smallest` to `full` (ascending, whole, distinct)."""
     return np.unique(np.linspace(smallest, full, points).round().astype(int)).tolist()
@@ -80,14 +101,16 @@ class LatencyTable:
     `layers` holds, per timed layer: its name, the affine map from kept counts to its widths (`in0`, `in_cut`,
     `out0`, `out_cut`: width = w0 - sum_g cut[g] * (channels_g - keep_g)), the input and output widths measured
     (`in_grid`, `out_grid`, ascending) and `times_ms` [len(in_grid)][len(out_grid)]. `dense` is the whole model's
-    latency and `scale` the calibration of the layers' savings on a whole model (module doc). The table holds for
-    one batch size, CPU thread count and memory layout.
+    latency and `calibration` the (raw, measured) milliseconds of whole models (module doc; empty: the raw
+    prediction). The table holds for one batch size, CPU thread count and memory layout.
     """
 
     def __init__(self, full: list[int], layers: list[dict[str, Any]], dense: float, batch_size: int,
-                 threads: int, channels_last: bool = False, scale: float = 1.0) -> None:
-        self.full, self.layers, self.dense, self.scale = np.asarray(full, dtype=np.int64), layers, dense, scale
+                 threads: int, channels_last: bool = False,
+                 calibration: list[tuple[float, float]] | None = None) -> None:
+        self.full, self.layers, self.dense = np.asarray(full, dtype=np.int64), layers, dense
         self.batch_size, self.threads, self.channels_last = batch_size, threads, channels_last
+        self.calibration = [(float(r), float(m)) for r, m in calibration or []]
         # the layers as arrays once: the search calls the table on every step
         self._arrays = [tuple(np.asarray(layer[key], dtype=np.float64)
                               for key in ("in0", "in_cut", "out0", "out_cut", "in_grid", "out_grid", "times_ms"))
@@ -124,29 +147,44 @@ class LatencyTable:
             layers.append({"name": name, "in0": int(in0[i]), "in_cut": in_cut[i].tolist(),
                            "out0": int(out0[i]), "out_cut": out_cut[i].tolist(),
                            "in_grid": in_grid, "out_grid": out_grid, "times_ms": times.tolist()})
-        # the calibration model: half of every group's channels (what a 2x budget is near)
-        half = np.maximum(min_counts(pruner), np.ceil(pruner.channels / 2)).astype(int)
-        halved = prune_copy(pruner.model, pruner.groups, {g.name: torch.arange(int(n)) for g, n in zip(pruner.groups, half)})
-        dense, measured = latencies([pruner.model, halved], pruner.input_shape, batch_size, threads=threads, repeats=3,
-                                    channels_last=channels_last, device=device)
+        # the calibration models, timed with the dense model in the same rounds
+        kept = [np.maximum(min_counts(pruner), np.ceil(pruner.channels * f)).astype(int) for f in CALIBRATION_FRACTIONS]
+        models = [pruner.model, *(_narrowed(pruner, k) for k in kept)]
+        dense, *measured = latencies(models, pruner.input_shape, batch_size, threads=threads, repeats=5,
+                                     channels_last=channels_last, device=device)
         table = cls(pruner.channels.tolist(), layers, dense, batch_size, threads, channels_last)
-        saved = dense - float(table(half))  # the layers' own saving at the calibration model
-        if saved > 0 and measured < dense:
-            table.scale = (dense - measured) / saved
+        table.calibration = [(float(table.raw(k)), m) for k, m in zip(kept, measured)]
         return table
 
-    def __call__(self, keep: np.ndarray) -> np.ndarray:
-        """Predicted latency (ms) of kept counts `keep` [..., G]; returns shape [...]."""
+    def raw(self, keep: np.ndarray) -> np.ndarray:
+        """The layers' own prediction (ms) for kept counts `keep` [..., G], before calibration; shape [...]."""
         removed = self.full - np.asarray(keep, dtype=np.float64)
         saved = np.zeros(removed.shape[:-1])
         for in0, in_cut, out0, out_cut, xs, ys, times in self._arrays:
             saved = saved + times[-1, -1] - _interp2(in0 - removed @ in_cut, out0 - removed @ out_cut, xs, ys, times)
-        return self.dense - self.scale * saved
+        return self.dense - saved
+
+    def __call__(self, keep: np.ndarray) -> np.ndarray:
+        """Predicted latency (ms) of kept counts `keep` [..., G]; returns shape [...]."""
+        raw = self.raw(keep)
+        if not self.calibration:
+            return raw
+        # (raw, measured) through the dense model, ascending and made monotone by the least-squares monotone fit:
+        # timing noise must not make a wider model look faster (the budget wall relies on monotone costs), and one
+        # noisy timing is averaged with its neighbours rather than carried over every point after it
+        points = sorted([*self.calibration, (self.dense, self.dense)])
+        xs = np.array([p[0] for p in points])
+        ys = np.minimum(_isotonic([p[1] for p in points]), self.dense)
+        if len(xs) > 1 and xs[1] > xs[0]:  # below the smallest calibration model: along the last segment
+            below = ys[0] + (ys[1] - ys[0]) / (xs[1] - xs[0]) * (raw - xs[0])
+        else:
+            below = np.full_like(raw, ys[0])
+        return np.where(raw < xs[0], np.maximum(below, 0.0), np.interp(raw, xs, ys))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": "amc-latency/2", "full": self.full.tolist(), "layers": self.layers, "dense_ms": self.dense,
-                "scale": self.scale, "batch_size": self.batch_size, "threads": self.threads,
-                "channels_last": self.channels_last}
+        return {"format": "amc-latency/3", "full": self.full.tolist(), "layers": self.layers, "dense_ms": self.dense,
+                "calibration": [list(p) for p in self.calibration], "batch_size": self.batch_size,
+                "threads": self.threads, "channels_last": self.channels_last}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatencyTable:
@@ -155,7 +193,63 @@ class LatencyTable:
         Raises:
             ValueError: a table of another format (an older amc's per-group table): measure it again.
         """
-        if data.get("format") != "amc-latency/2":
+        if data.get("format") != "amc-latency/3":
             raise ValueError("a latency table of another format (measure it again)")
         return cls(data["full"], data["layers"], data["dense_ms"], data["batch_size"], data["threads"],
-                   data.get("channels_last", False), data["scale"])
+                   data.get("channels_last", False), [tuple(p) for p in data["calibration"]])
+
+
+def _narrowed(pruner: ChannelPruner, keep: np.ndarray) -> nn.Module:
+    """The model keeping the first `keep[g]` channels of each group: which channels does not change its time."""
+    return prune_copy(pruner.model, pruner.groups, {g.name: torch.arange(int(n)) for g, n in zip(pruner.groups, keep)})
+
+
+def measured_ratio(pruner: ChannelPruner, table: LatencyTable, keep: np.ndarray, repeats: int = 7) -> float:
+    """The latency of kept counts `keep` [G] as a fraction of the dense model's, both timed as deployed in
+    interleaved rounds (`latencies`) at the table's batch size, threads and layout."""
+    device = next(pruner.model.parameters()).device
+    dense, pruned = latencies([pruner.model, _narrowed(pruner, keep)], pruner.input_shape, table.batch_size,
+                              threads=table.threads, repeats=repeats, channels_last=table.channels_last,
+                              device=device)
+    return pruned / dense
+
+
+@dataclass
+class LatencyFit:
+    """What `fit_to_latency` found: kept counts `keep` [G], their measured latency ratio `measured`, the narrowing
+    factor `factor` (1.0: the counts met the budget as given; 0.0: not even the smallest model meets it) and the
+    given counts' measured ratio `first`."""
+
+    keep: np.ndarray
+    measured: float
+    factor: float
+    first: float
+
+
+def fit_to_latency(pruner: ChannelPruner, table: LatencyTable, keep: np.ndarray, ratio: float,
+                   steps: int = 6) -> LatencyFit:
+    """Kept counts that meet a latency budget when timed, not only in the table's prediction.
+
+    `keep` [G] is timed against the dense model (`measured_ratio`). When it runs slower than `ratio` of the dense
+    latency, every group is narrowed by one factor f (kept = max(minimum, floor(f * keep))), the largest f that
+    meets the budget found by bisection over `steps` timed candidates (f to 1 / 2**steps); when even the smallest
+    model misses it, that model is returned with f = 0.
+    """
+    keep = np.asarray(keep, dtype=np.int64)
+    first = measured_ratio(pruner, table, keep)
+    if first <= ratio:
+        return LatencyFit(keep, first, 1.0, first)
+    smallest = min_counts(pruner)
+
+    def shrunk(f: float) -> np.ndarray:
+        return np.maximum(smallest, np.floor(f * keep)).astype(np.int64)
+
+    lo, hi, best = 0.0, 1.0, None
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        measured = measured_ratio(pruner, table, shrunk(mid))
+        if measured <= ratio:
+            lo, best = mid, LatencyFit(shrunk(mid), measured, mid, first)
+        else:
+            hi = mid
+    return best or LatencyFit(smallest, measured_ratio(pruner, table, smallest), 0.0, first)
