@@ -22,7 +22,15 @@ import numpy as np
 
 from agents.config import SearchConfig
 from agents.selection import DEFAULT_TOP, FinalSelection, select_final
-from amc.engine.budget import Budget, CostFn, check_reachable, cost_function, ratio_counts, uniform_counts
+from amc.engine.budget import (
+    Budget,
+    CostFn,
+    allowed_counts,
+    check_reachable,
+    cost_function,
+    ratio_counts,
+    uniform_counts,
+)
 from amc.errors import AmcError
 from amc.policy import Policy
 from amc.reward import Evaluation, Task
@@ -193,13 +201,14 @@ def _check_grid(cost: CostFn, target: float, smallest: np.ndarray, table: Sensit
                        f"{budget.ratio:g}; add smaller ratios (down to --lbound {table.lbound:g})")
 
 
-def fill_budget(counts: np.ndarray, full: np.ndarray, cost: CostFn, target: float, order: Sequence[int]) -> np.ndarray:
-    """Spend the budget left over: raise each group in `order`, one channel at a time, while the cost
-    stays <= `target` (up to whole). Afterwards no group can keep one more channel, as with the agent's
-    action wall. `counts` [G] must already fit."""
+def fill_budget(counts: np.ndarray, allowed: Sequence[np.ndarray], cost: CostFn, target: float,
+                order: Sequence[int]) -> np.ndarray:
+    """Spend the budget left over: raise each group in `order`, one allowed count at a time (`allowed_counts`:
+    every channel, or the channel-rounding grid), while the cost stays <= `target` (up to whole). Afterwards no
+    group can keep more channels, as with the agent's action wall. `counts` [G] must already fit."""
     counts = counts.copy()
     for g in order:
-        candidates = np.arange(counts[g], full[g] + 1)
+        candidates = allowed[g][allowed[g] >= counts[g]]
         trial = np.repeat(counts[None, :], len(candidates), axis=0)
         trial[:, g] = candidates
         # the cost grows with every count, so the largest fitting count is where one-by-one raising stops
@@ -234,7 +243,7 @@ def sensitivity(task: Task, budget: Budget, ratios: Sequence[float] = DEFAULT_RA
     policies = np.take_along_axis(counts[None, :, :], first_admissible[:, :, None], axis=2)[:, :, 0]
     chosen = policies[np.argmax(cost(policies) <= target)]
     order = _most_sensitive_first(drops[:, :-1])
-    filled = fill_budget(chosen, full, cost, target, order)
+    filled = fill_budget(chosen, allowed_counts(task.pruner, lbound), cost, target, order)
     return _evaluate(task, filled, "sensitivity", table.evaluations + 1, started)
 
 
@@ -340,7 +349,7 @@ def dp(task: Task, budget: Budget, ratios: Sequence[float] = DEFAULT_RATIOS, lbo
             else:
                 low = mid
     order = _most_sensitive_first(problem.errors[:, :-1])
-    filled = fill_budget(chosen, task.pruner.channels, cost, target, order)
+    filled = fill_budget(chosen, allowed_counts(task.pruner, lbound), cost, target, order)
     return _evaluate(task, filled, "dp", table.evaluations + 1, started)
 
 

@@ -77,6 +77,9 @@ class SearchConfig:
     """smallest preserve ratio an action can choose"""
     rbound: float = 1.0
     """largest preserve ratio an action can choose"""
+    channel_round: int = 1
+    """kept channels per group are multiples of this, or the whole group (AMC's channel rounding; 8 makes CPU and
+    GPU kernels fast)"""
     selection: str = "ls"
     """how a group's kept channels are chosen: ls (greedy least squares), l1, l2 or bn"""
     calib_size: int = 3000
@@ -111,6 +114,8 @@ class SearchConfig:
             raise AmcError(f"unknown --reward {self.reward!r}; choose one of {', '.join(REWARDS)}")
         if not (isinstance(self.episodes, int) and isinstance(self.warmup, int) and 0 <= self.warmup < self.episodes):
             raise AmcError(f"--episodes {self.episodes} must be larger than --warmup {self.warmup} (and that at least 0)")
+        if not (isinstance(self.channel_round, int) and self.channel_round >= 1):
+            raise AmcError(f"--channel-round {self.channel_round} must be a whole number of channels >= 1 (e.g. 8)")
         if not (0 <= self.lbound < self.rbound <= 1):  # NaN fails it too
             raise AmcError(f"preserve ratios --lbound {self.lbound} and --rbound {self.rbound} need "
                            "0 <= lbound < rbound <= 1; pass e.g. --lbound 0.2 --rbound 1.0")
@@ -150,7 +155,7 @@ class SearchConfig:
         return dict(model=self.model, checkpoint=self.checkpoint, dataset=self.dataset, data_dir=self.data_dir,
                     val_size=self.val_size, seed=self.seed, calib_size=self.calib_size, refit_size=self.refit_size,
                     selection=self.selection, select_size=self.select_size, reward_data=self.reward_data,
-                    ignore=self.ignore, image_size=self.image_size)
+                    ignore=self.ignore, image_size=self.image_size, channel_round=self.channel_round)
 
     def prepare_task(self) -> Any:
         """The `amc.reward.Task` this config searches: model, data, analysis and the reward evaluation."""

@@ -347,13 +347,15 @@ def policy_from_agent(agent_zip: str | Path, task: Task, budget: Budget) -> tupl
     """Run a trained agent's actor deterministically through the environment at `budget`.
 
     The budget may differ from the one it was trained for (and the model too: the state features are
-    scaled per model). Bounds, reward and algorithm come from the run's `config.json` beside the agent.
+    scaled per model). Bounds, channel rounding, reward and algorithm come from the run's `config.json` beside the
+    agent (the task's pruner takes the run's `channel_round`).
     Returns the kept channel counts [G] and the final step's info (val accuracy, MACs, ...).
     """
     agent_zip = Path(agent_zip)
     if not agent_zip.is_file():
         raise AmcError(f"agent file {agent_zip} does not exist; pass the agent.zip of a finished amc train-agent run")
     saved = SearchConfig.read(agent_zip.parent) or SearchConfig()
+    task.pruner.channel_round = saved.channel_round  # the pruning space the agent learnt in
     latency = latency_table(task, agent_zip.parent) if "latency" in (budget.kind, saved.reward) else None
     env = ChannelPruningEnv(task.pruner, task.evaluator, budget, reward=saved.reward, lbound=saved.lbound,
                             rbound=saved.rbound, latency=latency)

@@ -65,7 +65,8 @@ class Policy:
         """The policy keeping `counts[i]` channels of `pruner.groups[i]` (counts: ints, shape [G]).
 
         `predicted` is filled from `pruner.cost`; `extra` keyword arguments become extra fields, after
-        `selection`: how the pruner chooses a group's channels (`ls`, `l1`, ...), so `amc apply` keeps the same.
+        `selection`: how the pruner chooses a group's channels (`ls`, `l1`, ...), so `amc apply` keeps the same,
+        and `channel_round` when the pruner rounds kept counts.
         """
         counts = np.asarray(counts, dtype=np.int64)
         if counts.shape != pruner.channels.shape:
@@ -83,7 +84,8 @@ class Policy:
         }
         # in the producer's channels: a group cut into sections counts units of one channel per section
         groups = [GroupKeep(g.name, g.width, int(n) * g.sections) for g, n in zip(pruner.groups, counts)]
-        return cls(model_spec, groups, budget, predicted, {"selection": pruner.selection, **extra})
+        rounding = {"channel_round": pruner.channel_round} if pruner.channel_round > 1 else {}
+        return cls(model_spec, groups, budget, predicted, {"selection": pruner.selection, **rounding, **extra})
 
     def to_dict(self) -> dict[str, Any]:
         """The file's JSON object."""

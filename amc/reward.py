@@ -246,6 +246,7 @@ def prepare_task(
     reward_data: str | Path | None = None,
     ignore: str = "",
     image_size: int | None = None,
+    channel_round: int = 1,
     device: str | torch.device = "cpu",
 ) -> Task:
     """Load, split, analyse and calibrate: the one-time set-up of a search (see the module docstring).
@@ -268,6 +269,8 @@ def prepare_task(
     then be None. `ignore` names layers (comma-separated) whose output channels are never pruned
     (`find_groups`). `image_size` reads an image folder (and `reward_data`) at that size from files of any size
     (`load_dataset`); only the reward, selection, calibration and re-fit images are decoded, once, and cached.
+    `channel_round` r > 1 lets policies keep only multiples of r channels per group, or all of them
+    (`ChannelPruner`, `amc.engine.budget.allowed_counts`).
 
     Raises:
         AmcError: an unavailable device, a model without prunable groups, a `reward_data` folder whose images
@@ -280,7 +283,7 @@ def prepare_task(
                     calib_size=calib_size, refit_size=refit_size, positions=positions, selection=selection,
                     reconstruct=reconstruct, select_size=select_size,
                     reward_data=None if reward_data is None else str(reward_data), ignore=ignore,
-                    image_size=image_size)
+                    image_size=image_size, channel_round=channel_round)
     # the device is not a setting: a search may resume on another one
     if not (isinstance(select_size, int) and select_size >= 0):
         raise AmcError(f"--select-size {select_size} must be a count of images (0: no final selection)")
@@ -295,7 +298,8 @@ def prepare_task(
                            "drop --val-size")
         held = _reward_folder(reward_data, data, select_size, image_size)
         train_idx, val_idx = torch.arange(len(data.train)), torch.empty(0, dtype=torch.int64)
-    pruner = ChannelPruner(trained.module, trained.input_shape, selection=selection, ignored=layer_names(ignore))
+    pruner = ChannelPruner(trained.module, trained.input_shape, selection=selection, ignored=layer_names(ignore),
+                           channel_round=channel_round)
     if not pruner.groups:
         raise AmcError(f"model {model} has no prunable channel group; amc prunes conv and Linear channels")
     trained.module.to(device)  # in place: the pruner's groups and layers are the same modules

@@ -93,11 +93,13 @@ def add_common_args(parser: argparse.ArgumentParser, *, weights: str | None = No
 
 def add_search_args(parser: argparse.ArgumentParser, *, flops: bool = True) -> None:
     """The flags of a benchmark that runs the AMC search: `--target-flops` (when `flops`), `--episodes`, `--warmup`
-    (the baselines' settings: 300 and 100)."""
+    (the baselines' settings: 300 and 100), `--channel-round`."""
     if flops:
         parser.add_argument("--target-flops", type=float, default=0.5)
     parser.add_argument("--episodes", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--channel-round", type=int, default=SearchConfig.channel_round,
+                        help="kept channels per group are multiples of this (default %(default)s: any count)")
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
@@ -137,7 +139,8 @@ def search_config(args: argparse.Namespace, **fields: Any) -> SearchConfig:
     given = {"model": getattr(args, "model", None), "checkpoint": getattr(args, "checkpoint", None),
              "dataset": args.dataset, "data_dir": args.data_dir, "image_size": getattr(args, "image_size", None),
              "val_size": getattr(args, "val_size", SearchConfig.val_size), "seed": args.seed,
-             "ignore": getattr(args, "ignore", SearchConfig.ignore)}
+             "ignore": getattr(args, "ignore", SearchConfig.ignore),
+             "channel_round": getattr(args, "channel_round", SearchConfig.channel_round)}
     return SearchConfig(**{**given, **fields})
 
 
@@ -169,19 +172,21 @@ def resolve_val_size(args: argparse.Namespace) -> int:
     return args.val_size
 
 
-def search_tag(model: str, ratio: float, seed: int) -> str:
-    """`{model}_f{pct}`, plus `_s{seed}` for a seed other than 0: the name of a search's results."""
-    return f"{model}_f{round(100 * ratio)}" + (f"_s{seed}" if seed else "")
+def search_tag(model: str, ratio: float, seed: int, channel_round: int = 1) -> str:
+    """`{model}_f{pct}`, plus `_s{seed}` for a seed other than 0 and `_r{n}` for channel rounding: the name of a
+    search's results."""
+    return (f"{model}_f{round(100 * ratio)}" + (f"_s{seed}" if seed else "")
+            + (f"_r{channel_round}" if channel_round > 1 else ""))
 
 
 def run_folder(runs: str | Path, config: SearchConfig) -> Path:
-    """The run folder of a benchmark's FLOPs-budget search, `RUNS/bench-{model}_f{pct}_v{val}_s{seed}`:
+    """The run folder of a benchmark's FLOPs-budget search, `RUNS/bench-{model}_f{pct}_v{val}_s{seed}[_r{n}]`:
     benchmarks that search with the same model, budget, reward split and seed share it (and resume it);
     others never resume each other's runs. `config.val_size` must be a number (`resolve_val_size`)."""
     if config.val_size is None:
         raise ValueError("resolve the reward split size first (resolve_val_size)")
     return Path(runs) / (f"bench-{config.model}_f{round(100 * config.budget_ratio)}_v{config.val_size}"
-                         f"_s{config.seed}")
+                         f"_s{config.seed}" + (f"_r{config.channel_round}" if config.channel_round > 1 else ""))
 
 
 def in_run_folder(runs: str | Path, config: SearchConfig) -> SearchConfig:

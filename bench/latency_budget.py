@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) ->
     common.add_search_args(parser, flops=False)
     args = common.parse_args(parser, argv)
     common.resolve_val_size(args)
-    tag = f"{args.model}_l{round(100 * args.target_latency)}" + (f"_s{args.seed}" if args.seed else "")
+    tag = (f"{args.model}_l{round(100 * args.target_latency)}" + (f"_s{args.seed}" if args.seed else "")
+           + (f"_r{args.channel_round}" if args.channel_round > 1 else ""))
     config = common.search_config(args, budget_kind="latency", budget_ratio=args.target_latency,
                                   latency_batch=args.batch, latency_channels_last=args.channels_last,
                                   episodes=args.episodes, warmup=args.warmup,

@@ -37,15 +37,16 @@ def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) ->
     parser = common.parser("residual_streams", __doc__)
     common.add_common_args(parser, weights="checkpoint", val_size=True, runs=True)
     common.add_search_args(parser)
+    parser.add_argument("--sets", default=",".join(SETS), help="group sets to search (default %(default)s)")
     args = common.parse_args(parser, argv)
     common.resolve_val_size(args)
-    tag = common.search_tag(args.model, args.target_flops, args.seed)
+    tag = common.search_tag(args.model, args.target_flops, args.seed, args.channel_round)
     parts = Path(args.runs) / f"bench-residual_streams_{tag}_v{args.val_size}"
     dense = create_model(args.model).eval()
     streams = common.stream_producers(args.model)
     budget = Budget("flops", args.target_flops)
     rows = []
-    for name in SETS:
+    for name in args.sets.split(","):
         ignore = streams if name == "internal" else ""
         part = parts / f"{name}.json"
         if not part.exists():
@@ -94,7 +95,9 @@ def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) ->
         f"{common.header(summary)} Reward split: {args.val_size} held-out TRAIN images; AMC: {args.episodes} "
         f"episodes and the final selection. `internal` ignores the stream producers `{streams}`. Test accuracy "
         f"without fine-tuning (dense {100 * rows[0]['dense_test_accuracy']:.2f}%); latency as deployed (BatchNorm "
-        "folded), median of interleaved rounds, contiguous / channels-last.",
+        "folded), median of interleaved rounds, contiguous / channels-last."
+        + (f" Channel rounding: every group keeps a multiple of {args.channel_round} channels, or all of them."
+           if args.channel_round > 1 else ""),
         "",
         "| policy | groups | test % | reward split % | MACs | ms @1 | ms @64 | speed-up @1 | speed-up @64 |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None, results: str | Path = common.RESULTS) ->
               f"{summary['search_seconds'] / 60:.1f} min. Measured back to back after the search (medians of 3): "
               f"one episode's evaluation {episode_eval_seconds:.2f} s, one dense forward pass over the reward split "
               f"{dense_val_seconds:.2f} s (ratio {episode_eval_seconds / dense_val_seconds:.2f})."]
-    common.write(f"search_{common.search_tag(args.model, args.target_flops, args.seed)}", summary, table, results)
+    tag = common.search_tag(args.model, args.target_flops, args.seed, args.channel_round)
+    common.write(f"search_{tag}", summary, table, results)
 
 
 if __name__ == "__main__":

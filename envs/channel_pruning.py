@@ -9,7 +9,15 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from amc.engine.budget import Budget, CostFn, check_reachable, cost_function, min_counts, round_channels
+from amc.engine.budget import (
+    Budget,
+    CostFn,
+    allowed_counts,
+    check_reachable,
+    cost_function,
+    min_counts,
+    round_channels,
+)
 from amc.engine.cost import group_costs
 from amc.engine.pruner import ChannelPruner
 from amc.reward import Evaluation
@@ -112,6 +120,7 @@ class ChannelPruningEnv(gym.Env):
         self.target = check_reachable(pruner, self.cost, budget, lbound)
         self.full = pruner.channels.copy()
         self.lower = min_counts(pruner, lbound)
+        self.allowed = allowed_counts(pruner, lbound)  # per group: every count, or the channel_round grid
         self.dense_cost = float(self.cost(self.full))
         self.group_cost = group_costs(self.cost, self.full)
         self.static = self._static_features()
@@ -144,7 +153,7 @@ class ChannelPruningEnv(gym.Env):
 
     def wall(self, t: int, wanted: int) -> int:
         """Channel count for group t nearest to `wanted` that keeps the budget reachable (see class doc)."""
-        candidates = np.arange(self.lower[t], self.full[t] + 1)
+        candidates = self.allowed[t]
         trial = np.repeat(self.counts[None, :], len(candidates), axis=0)
         trial[:, t] = candidates
         trial[:, t + 1 :] = self.lower[t + 1 :]
@@ -155,7 +164,8 @@ class ChannelPruningEnv(gym.Env):
             trial[:, t + 1 :] = self.full[t + 1 :]
             enough = candidates[self.cost(trial) >= self.target]
             low = min(int(enough.min()), high) if len(enough) else high
-        return int(np.clip(wanted, low, high))
+        within = candidates[(candidates >= low) & (candidates <= high)]
+        return int(within[np.argmin(np.abs(within - np.clip(wanted, low, high)))])
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)

@@ -20,7 +20,7 @@ from agents.baselines import (
     sensitivity_table,
     uniform,
 )
-from amc.engine.budget import Budget, check_reachable, cost_function, min_counts
+from amc.engine.budget import Budget, allowed_counts, check_reachable, cost_function, min_counts
 from amc.errors import AmcError
 
 BUDGETS = [Budget("flops", 0.5), Budget("flops", 0.3), Budget("params", 0.5)]
@@ -150,3 +150,24 @@ def test_run_baseline_and_errors(task, table):
         sensitivity(task, Budget("flops", 0.3), ratios=(0.8, 0.9))
     with pytest.raises(ValueError, match="table was made"):
         dp(task, budget, ratios=(0.5,), table=table)
+
+
+@pytest.mark.parametrize("budget", BUDGETS[:2], ids=lambda b: f"{b.kind}{b.ratio}")
+def test_every_method_keeps_multiples_of_the_channel_round(task, budget, monkeypatch):
+    """With channel rounding every method's counts are multiples of 8 (or whole groups), within the budget, and
+    the leftover budget is spent on the grid: no group can take its next allowed count."""
+    monkeypatch.setattr(task.pruner, "channel_round", 8)
+    monkeypatch.setattr(task, "cache", {})  # the sensitivity table of the unrounded grid does not apply
+    pruner, cost = task.pruner, cost_function(task.pruner, budget.kind)
+    target = check_reachable(pruner, cost, budget, 0.2)
+    allowed = allowed_counts(pruner, 0.2)
+    for name, result in {"uniform": uniform(task, budget), "sensitivity": sensitivity(task, budget),
+                         "dp": dp(task, budget), "random": random_search(task, budget, episodes=3, seed=0)}.items():
+        counts = result.counts
+        assert all(c % 8 == 0 or c == full for c, full in zip(counts, pruner.channels)), (name, counts)
+        assert float(cost(counts)) <= target, name
+        if name in ("sensitivity", "dp"):
+            for g in np.flatnonzero(counts < pruner.channels):
+                raised = counts.copy()
+                raised[g] = allowed[g][allowed[g] > counts[g]][0]
+                assert cost(raised) > target, (name, g)

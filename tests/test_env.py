@@ -175,15 +175,14 @@ def test_latency_table_is_exact_for_layers_timed_by_their_width_product(pruners,
         return 1e-3 * (layer.in_features * layer.out_features if isinstance(layer, torch.nn.Linear)
                        else layer.in_channels // layer.groups * layer.out_channels)
 
-    # the whole models `measure` times: the dense one, then the calibration models, in order
-    kept = [pruner.channels] + [np.maximum(min_counts(pruner), np.ceil(pruner.channels * f)).astype(int)
-                                for f in latency_module.CALIBRATION_FRACTIONS]
+    def whole_model(model):  # what timing a whole model gives: its layers' products plus the 5 ms
+        return sum(conv_product(m) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))) + 5.0
+
     dense = product(pruner.cost.widths(pruner.channels))
     extra = 1.0  # how much more a whole network saves than its layers alone
 
     def whole_models(models, *args, **kwargs):
-        assert len(models) == len(kept)
-        return [dense - extra * (dense - product(pruner.cost.widths(k))) for k in kept]
+        return [dense - extra * (dense - whole_model(m)) for m in models]
 
     monkeypatch.setattr(latency_module, "_time_ms", lambda layer, *rest: conv_product(layer))
     monkeypatch.setattr(latency_module, "latencies", whole_models)
@@ -260,3 +259,24 @@ def test_latency_table_in_channels_last_at_a_batch(pruners):
     restored = LatencyTable.from_dict(table.to_dict())
     assert (restored.batch_size, restored.channels_last) == (4, True)
     assert all(p.is_contiguous() for p in pruner.model.parameters())  # timed layers are fresh copies
+
+
+def test_channel_round_grid_and_the_wall(pruners, monkeypatch):
+    """AMC's channel rounding: counts are multiples of 8 or the whole group, from the lower bound rounded up;
+    the action wall moves on that grid and never exceeds the budget."""
+    from amc.engine.budget import allowed_counts, ratio_counts, snap_counts
+
+    pruner = pruners["resnet20"]  # groups of 16, 32 and 64 channels
+    monkeypatch.setattr(pruner, "channel_round", 8)
+    allowed = allowed_counts(pruner, 0.2)
+    assert [a.tolist() for a in allowed[:1]] == [[8, 16]] and allowed[-1].tolist() == [16, 24, 32, 40, 48, 56, 64]
+    assert min_counts(pruner, 0.2).tolist() == [a[0] for a in allowed]
+    assert set(ratio_counts(pruner, 0.55).tolist()) == {8, 16, 32}  # 8.8, 17.6, 35.2 to the nearest multiple
+    assert snap_counts(pruner, np.full(len(pruner.groups), 23), down=True)[-1] == 16
+    for kind, ratio in (("flops", 0.5), ("params", 0.3)):
+        env = ChannelPruningEnv(pruner, constant_eval, Budget(kind, ratio), **BOUNDS)
+        for actions in ADVERSARIAL + [[0.37, 0.81, 0.12]]:
+            info = run_episode(env, actions)
+            counts = np.array(info["counts"])
+            assert all(c in a for c, a in zip(counts, allowed)), counts
+            assert info["cost_ratio"] <= ratio + 1e-12

@@ -206,6 +206,19 @@ def test_cli_uniform_latency_baseline_channels_last(capsys: pytest.CaptureFixtur
     assert policy["budget"] == {"kind": "latency", "ratio": 0.9} and policy["predicted"]["macs_ratio"] < 1.0
 
 
+def test_cli_channel_round(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    policy_path = tmp_path / "policy.json"
+    argv = ("baseline", "--method", "uniform", "--model", "digits_cnn", "--input-shape", "1,8,8", "--target-flops",
+            "0.5", "--out", policy_path)
+    code, _, err = run(capsys, *argv, "--channel-round", "0")
+    assert_user_error(code, err, "--channel-round", "0 is outside")
+    code, _, err = run(capsys, *argv, "--channel-round", "8")
+    assert code == 0, err
+    policy = json.loads(policy_path.read_text())
+    assert policy["channel_round"] == 8 and policy["predicted"]["macs_ratio"] <= 0.5
+    assert all(g["keep"] % 8 == 0 or g["keep"] == g["channels"] for g in policy["groups"])
+
+
 def test_cli_baseline_apply_eval_on_digits(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     policy_path, model_path = tmp_path / "policy.json", tmp_path / "pruned.pt"
     code, out, err = run(capsys, "baseline", "--method", "uniform", "--model", "digits_cnn", "--input-shape", "1,8,8",

@@ -151,6 +151,11 @@ SHARED_FLAGS: dict[str, AddShared] = {
         help="how a group's kept channels are chosen: ls (default: greedy least squares on the calibration "
         "images, the channels the re-fit replaces best), or by weight norm: l1, l2, bn (BatchNorm scale)",
     ),
+    "channel_round": _flag(
+        "--channel-round", type=number(int, 1, 4096), default=1, metavar="N",
+        help="keep a multiple of N channels in every group, or the whole group (AMC's channel rounding; 8 makes "
+        "pruned models much faster on CPUs and GPUs, whose kernels favour such widths; default %(default)s)",
+    ),
     "out": _flag("--out", metavar="FILE", help="file to write"),
     "force": _flag("--force", action="store_true", help="overwrite --out if it exists"),
     "budget": _budget_flags,

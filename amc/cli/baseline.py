@@ -24,7 +24,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 @command(
     "baseline", "write a baseline pruning policy that meets a budget",
     shared=("device", "model", "checkpoint", "dataset", "data_dir", "input_shape", "out", "force",
-            "budget", "seed", "val_size", "reward_data", "selection", "ignore"),
+            "budget", "seed", "val_size", "reward_data", "selection", "ignore",
+            "channel_round"),
     required=("model", "out", "budget"),
     arguments=_arguments,
 )
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         # without data no channels are chosen by least squares: record the weight norm apply will use
         pruner = ChannelPruner(trained.module, trained.input_shape,
                                selection=args.selection or ("ls" if args.dataset else "l1"),
-                               ignored=layer_names(args.ignore))
+                               ignored=layer_names(args.ignore), channel_round=args.channel_round)
         table = (LatencyTable.measure(pruner, batch_size=args.latency_batch, channels_last=args.latency_channels_last)
                  if budget.kind == "latency" else None)
         cost = cost_function(pruner, budget.kind, table)
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         task = prepare_task(args.model, args.checkpoint, args.dataset, args.data_dir, image_size=args.image_size,
                             val_size=args.val_size, seed=args.seed, selection=args.selection or "ls",
                             select_size=args.select_size, reward_data=args.reward_data, ignore=args.ignore,
-                            device=args.device)
+                            channel_round=args.channel_round, device=args.device)
         found = run_baseline(args.method, task, budget, episodes=args.episodes, seed=args.seed, lbound=lbound)
         extra = {"val_accuracy": found.val_accuracy, "evaluations": found.evaluations, "seed": args.seed}
         if found.select_accuracy is not None:

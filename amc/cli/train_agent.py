@@ -51,7 +51,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 @command(
     "train-agent", "search a pruning policy with the AMC agent (no arguments: the embedded digits model at 50%% FLOPs)",
     shared=("device", "model", "checkpoint", "dataset", "data_dir", "seed", "val_size", "reward_data", "budget",
-            "selection", "ignore"),
+            "selection", "ignore", "channel_round"),
     required=(),
     arguments=_arguments,
 )
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         select_top=args.select_top, baseline_candidates=args.baseline_candidates, seed=args.seed, algo=args.algo,
         lbound=args.lbound, rbound=args.rbound,
         selection=args.selection or SearchConfig.selection, race_images=args.race_images, ignore=args.ignore,
-        race_margin=args.race_margin, device=args.device, out=out,
+        race_margin=args.race_margin, channel_round=args.channel_round, device=args.device, out=out,
     )
     try:
         result = run_search(config, resume=args.resume, force=args.force, progress=not args.no_progress)

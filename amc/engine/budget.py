@@ -49,9 +49,39 @@ def cost_function(pruner: ChannelPruner, kind: str, latency: CostFn | None = Non
 
 
 def min_counts(pruner: ChannelPruner, lbound: float = 0.0) -> np.ndarray:
-    """The fewest channels per group a policy may keep: `lbound` of each group, at least `min_keep`."""
+    """The fewest channels per group a policy may keep: `lbound` of each group, at least `min_keep`, rounded up
+    to `pruner.channel_round` (see `allowed_counts`)."""
     floor = np.array([g.min_keep for g in pruner.groups], dtype=np.int64)
-    return np.maximum(floor, np.ceil(lbound * pruner.channels - 1e-9).astype(np.int64))
+    low = np.maximum(floor, np.ceil(lbound * pruner.channels - 1e-9).astype(np.int64))
+    r = pruner.channel_round
+    return low if r == 1 else np.minimum(-(-low // r) * r, pruner.channels)
+
+
+def allowed_counts(pruner: ChannelPruner, lbound: float = 0.0) -> list[np.ndarray]:
+    """Per group, the kept channel counts a policy may use, ascending: `min_counts` to the group's width; with
+    `pruner.channel_round` r > 1 only the multiples of r among them and the full width (AMC's channel rounding,
+    the reference code's `--channel_round`: CPU and GPU kernels run widths that are multiples of 8 much faster
+    than the widths between them)."""
+    r = pruner.channel_round
+    out = []
+    for low, full in zip(min_counts(pruner, lbound), pruner.channels):
+        counts = np.arange(low, full + 1, dtype=np.int64)
+        out.append(counts if r == 1 else counts[(counts % r == 0) | (counts == full)])
+    return out
+
+
+def snap_counts(pruner: ChannelPruner, counts: np.ndarray, lbound: float = 0.0, *, down: bool = False) -> np.ndarray:
+    """Counts [G] moved to the nearest allowed ones (`allowed_counts`; ties to the smaller), or with `down` to the
+    largest allowed one not above them (the smallest allowed where none is); int64 [G]."""
+    counts = np.asarray(counts)
+    out = np.empty(len(pruner.channels), dtype=np.int64)
+    for g, allowed in enumerate(allowed_counts(pruner, lbound)):
+        if down:
+            below = allowed[allowed <= counts[g]]
+            out[g] = below[-1] if len(below) else allowed[0]
+        else:
+            out[g] = allowed[np.argmin(np.abs(allowed - counts[g]))]
+    return out
 
 
 def round_channels(channels: float | np.ndarray) -> np.ndarray:
@@ -61,9 +91,10 @@ def round_channels(channels: float | np.ndarray) -> np.ndarray:
 
 
 def ratio_counts(pruner: ChannelPruner, ratio: float | np.ndarray, lbound: float = 0.0) -> np.ndarray:
-    """Channel counts for preserve ratios (one, or one per group), rounded, within the bounds."""
-    counts = round_channels(np.asarray(ratio) * pruner.channels)
-    return np.clip(counts, min_counts(pruner, lbound), pruner.channels)
+    """Channel counts for preserve ratios (one, or one per group), rounded, within the bounds (and on the
+    `pruner.channel_round` grid)."""
+    counts = np.clip(round_channels(np.asarray(ratio) * pruner.channels), min_counts(pruner, lbound), pruner.channels)
+    return counts if pruner.channel_round == 1 else snap_counts(pruner, counts, lbound)
 
 
 def check_reachable(pruner: ChannelPruner, cost: CostFn, budget: Budget, lbound: float = 0.0) -> float:

@@ -13,10 +13,12 @@ conv. A policy's layers alone would take
 
 where the dense latency is a measured forward pass of the whole model. Layers timed alone miss what a whole
 network spends beside them (the ReLUs, residual adds and shortcuts on every activation, the memory traffic between
-layers, caches that a narrower model fits), and not in one proportion: on resnet56 at batch 64 a single scale
-fitted at half of every group under-predicted the latency of lighter pruning by a fifth. So the table is
-calibrated on whole models: the dense model and the models keeping 3/4, 1/2, 1/4 and 1/8 of every group are timed
-together, and the prediction is the piecewise-linear map through their (raw, measured) points,
+layers), and not in one proportion; and widths that are multiples of 8 can run far faster than the widths between
+them (oneDNN's blocked kernels: on resnet56 at batch 64, channels-last, keeping 1/2 of every group ran at 0.33 of
+the dense latency, keeping 0.6 at 0.50). So the table is calibrated on whole models: the dense model and four
+models keeping about 3/4, 1/2, 1/4 and 1/8 of every group (each group's share drawn within 20% of that, so that
+their widths are as uneven as a search's) are timed together, and the prediction is the piecewise-linear map
+through their (raw, measured) points,
 
     latency(keep) = calibration(raw(keep)),
 
@@ -34,12 +36,12 @@ import torch
 import torch.nn as nn
 import torch.utils.benchmark as benchmark
 
-from amc.engine.budget import min_counts
+from amc.engine.budget import min_counts, ratio_counts, snap_counts
 from amc.engine.groups import prune_copy
 from amc.engine.measure import latencies, to_channels_last
 from amc.engine.pruner import ChannelPruner
 
-# the calibration models keep these fractions of every group's channels (rounded up, at least each group's minimum)
+# the calibration models keep about these fractions of every group's channels
 CALIBRATION_FRACTIONS = (0.75, 0.5, 0.25, 0.125)
 
 
@@ -90,9 +92,12 @@ def _isotonic(values: list[float]) -> np.ndarray:
     return np.concatenate([np.full(int(n), m) for m, n in blocks])
 
 
-def _width_grid(full: int, smallest: int, points: int) -> list[int]:
-    """`points` widths from `smallest` to `full` (ascending, whole, distinct)."""
-    return np.unique(np.linspace(smallest, full, points).round().astype(int)).tolist()
+def _width_grid(full: int, smallest: int, points: int, step: int = 1) -> list[int]:
+    """`points` widths from `smallest` to `full` (ascending, whole, distinct), the inner ones multiples of `step`
+    (the channel rounding: the widths policies will have)."""
+    inner = np.linspace(smallest, full, points)[1:-1]
+    inner = np.clip(np.round(inner / step) * step, smallest, full).astype(int)
+    return np.unique([smallest, *inner.tolist(), full] if points > 1 else [full]).tolist()
 
 
 class LatencyTable:
@@ -131,8 +136,9 @@ class LatencyTable:
         for i, name in enumerate(names):
             if not (in_cut[i].any() or out_cut[i].any()):
                 continue  # no group narrows it: its time is part of the constant rest
-            in_grid = _width_grid(int(in0[i]), int(smallest[0][i]), points if in_cut[i].any() else 1)
-            out_grid = _width_grid(int(out0[i]), int(smallest[1][i]), points if out_cut[i].any() else 1)
+            step = pruner.channel_round
+            in_grid = _width_grid(int(in0[i]), int(smallest[0][i]), points if in_cut[i].any() else 1, step)
+            out_grid = _width_grid(int(out0[i]), int(smallest[1][i]), points if out_cut[i].any() else 1, step)
             times = np.zeros((len(in_grid), len(out_grid)))
             for a, in_width in enumerate(in_grid):
                 for b, out_width in enumerate(out_grid):
@@ -148,8 +154,11 @@ class LatencyTable:
                            "out0": int(out0[i]), "out_cut": out_cut[i].tolist(),
                            "in_grid": in_grid, "out_grid": out_grid, "times_ms": times.tolist()})
         # the calibration models, timed with the dense model in the same rounds
-        kept = [np.maximum(min_counts(pruner), np.ceil(pruner.channels * f)).astype(int) for f in CALIBRATION_FRACTIONS]
-        models = [pruner.model, *(_narrowed(pruner, k) for k in kept)]
+        # each group's preserve ratio drawn around the fraction: widths like a search's, not only round ones (a
+        # width that is a multiple of 8 may run far faster than its neighbours)
+        rng = np.random.default_rng(0)
+        kept = [ratio_counts(pruner, f * rng.uniform(0.8, 1.2, len(pruner.groups))) for f in CALIBRATION_FRACTIONS]
+        models = [pruner.model, *(narrowed_copy(pruner, k) for k in kept)]
         dense, *measured = latencies(models, pruner.input_shape, batch_size, threads=threads, repeats=5,
                                      channels_last=channels_last, device=device)
         table = cls(pruner.channels.tolist(), layers, dense, batch_size, threads, channels_last)
@@ -199,7 +208,7 @@ class LatencyTable:
                    data.get("channels_last", False), [tuple(p) for p in data["calibration"]])
 
 
-def _narrowed(pruner: ChannelPruner, keep: np.ndarray) -> nn.Module:
+def narrowed_copy(pruner: ChannelPruner, keep: np.ndarray) -> nn.Module:
     """The model keeping the first `keep[g]` channels of each group: which channels does not change its time."""
     return prune_copy(pruner.model, pruner.groups, {g.name: torch.arange(int(n)) for g, n in zip(pruner.groups, keep)})
 
@@ -208,7 +217,7 @@ def measured_ratio(pruner: ChannelPruner, table: LatencyTable, keep: np.ndarray,
     """The latency of kept counts `keep` [G] as a fraction of the dense model's, both timed as deployed in
     interleaved rounds (`latencies`) at the table's batch size, threads and layout."""
     device = next(pruner.model.parameters()).device
-    dense, pruned = latencies([pruner.model, _narrowed(pruner, keep)], pruner.input_shape, table.batch_size,
+    dense, pruned = latencies([pruner.model, narrowed_copy(pruner, keep)], pruner.input_shape, table.batch_size,
                               threads=table.threads, repeats=repeats, channels_last=table.channels_last,
                               device=device)
     return pruned / dense
@@ -242,7 +251,7 @@ def fit_to_latency(pruner: ChannelPruner, table: LatencyTable, keep: np.ndarray,
     smallest = min_counts(pruner)
 
     def shrunk(f: float) -> np.ndarray:
-        return np.maximum(smallest, np.floor(f * keep)).astype(np.int64)
+        return snap_counts(pruner, np.maximum(smallest, np.floor(f * keep)), down=True)
 
     lo, hi, best = 0.0, 1.0, None
     for _ in range(steps):

@@ -41,7 +41,9 @@ class ChannelPruner:
     """Analyse `model` once (groups, MAC/param model, channel ranking); prune it to any counts.
 
     `input_shape` is one input's (C, H, W). `selection` picks how channels are ranked; `ls` ranks
-    only after `calibrate` (a group without a re-fittable consumer falls back to `l1`).
+    only after `calibrate` (a group without a re-fittable consumer falls back to `l1`). `ignored` names layers
+    whose output channels stay whole; with `channel_round` r > 1 policies keep multiples of r channels per group
+    (or all of them; `amc.engine.budget.allowed_counts`).
     """
 
     def __init__(
@@ -51,9 +53,14 @@ class ChannelPruner:
         *,
         selection: Selection = "ls",
         ignored: Sequence[str] = (),
+        channel_round: int = 1,
     ) -> None:
         if selection not in SELECTIONS:
             raise ValueError(f"unknown channel selection {selection!r}; choose one of {SELECTIONS}")
+        if not (isinstance(channel_round, int) and channel_round >= 1):
+            raise ValueError(f"channel_round must be a whole number >= 1, got {channel_round!r}")
+        # kept counts are multiples of this (or a group's full width): `amc.engine.budget.allowed_counts`
+        self.channel_round = channel_round
         self.model = model.eval()
         self.input_shape = tuple(int(d) for d in input_shape)
         example = torch.randn(4, *self.input_shape, generator=torch.Generator().manual_seed(0))
