@@ -207,21 +207,19 @@ def test_latency_table_is_exact_for_layers_timed_by_their_width_product(pruners,
     assert restored(keep) == table(keep)
 
 
-def test_latency_calibration_is_piecewise_and_monotone():
-    """Whole models that do not save in one proportion of their layers' savings: the prediction passes through
-    every calibration model, and a timing that makes a smaller model look slower does not make the cost fall."""
+def test_latency_calibration_is_one_least_squares_scale():
+    """The layers' savings are scaled by the least-squares fit of the calibration models' measured savings; a fit
+    that noise makes non-positive falls back to the raw savings (cost must grow with width)."""
     from amc.engine.latency import LatencyTable
 
     layer = {"name": "l", "in0": 10, "in_cut": [0], "out0": 10, "out_cut": [1], "in_grid": [10],
-             "out_grid": [0, 10], "times_ms": [[0.0, 100.0]]}  # raw = 100 ms per kept channel of 10, + 0
-    table = LatencyTable([10], [layer], 100.0, 1, 1, calibration=[(75.0, 90.0), (50.0, 60.0), (25.0, 40.0)])
-    for keep, want in ((10, 100.0), (7.5, 90.0), (5, 60.0), (2.5, 40.0), (6.25, 75.0), (1.25, 30.0)):
-        assert float(table(np.array([keep]))) == pytest.approx(want)
-    noisy = LatencyTable([10], [layer], 100.0, 1, 1, calibration=[(75.0, 90.0), (50.0, 95.0), (25.0, 40.0)])
-    costs = [float(noisy(np.array([k]))) for k in np.linspace(0, 10, 41)]
-    assert all(a <= b for a, b in zip(costs, costs[1:])) and costs[-1] == pytest.approx(100.0)
-    # the two out-of-order timings are pooled to their mean, the others kept
-    assert float(noisy(np.array([5]))) == pytest.approx(92.5) and float(noisy(np.array([2.5]))) == pytest.approx(40.0)
+             "out_grid": [0, 10], "times_ms": [[0.0, 100.0]]}  # raw = 10 ms per kept channel of 10
+    exact = LatencyTable([10], [layer], 100.0, 1, 1, calibration=[(75.0, 82.5), (50.0, 65.0), (25.0, 47.5)])
+    assert exact.scale == pytest.approx(0.7) and float(exact(np.array([4]))) == pytest.approx(100 - 0.7 * 60)
+    noisy = LatencyTable([10], [layer], 100.0, 1, 1, calibration=[(75.0, 90.0), (50.0, 50.0)])
+    assert noisy.scale == pytest.approx((25 * 10 + 50 * 50) / (25 * 25 + 50 * 50))
+    assert LatencyTable([10], [layer], 100.0, 1, 1, calibration=[(50.0, 120.0)]).scale == 1.0
+    assert LatencyTable.from_dict(json.loads(json.dumps(exact.to_dict()))).scale == exact.scale
 
 
 def test_fit_to_latency_narrows_a_policy_until_it_meets_the_budget_when_timed(pruners, monkeypatch):

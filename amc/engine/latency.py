@@ -13,17 +13,19 @@ conv. A policy's layers alone would take
 
 where the dense latency is a measured forward pass of the whole model. Layers timed alone miss what a whole
 network spends beside them (the ReLUs, residual adds and shortcuts on every activation, the memory traffic between
-layers), and not in one proportion; and widths that are multiples of 8 can run far faster than the widths between
-them (oneDNN's blocked kernels: on resnet56 at batch 64, channels-last, keeping 1/2 of every group ran at 0.33 of
-the dense latency, keeping 0.6 at 0.50). So the table is calibrated on whole models: the dense model and four
-models keeping about 3/4, 1/2, 1/4 and 1/8 of every group (each group's share drawn within 20% of that, so that
-their widths are as uneven as a search's) are timed together, and the prediction is the piecewise-linear map
-through their (raw, measured) points,
+layers), so their savings are scaled,
 
-    latency(keep) = calibration(raw(keep)),
+    latency(keep) = dense latency - scale * (dense latency - raw(keep)),
 
-exact at each calibration model, monotone, extended below the smallest one along its last segment. The table is
-a JSON object, so a run measures it once and reuses it on resume.
+with `scale` calibrated on whole models: the dense model and four models keeping about 3/4, 1/2, 1/4 and 1/8 of
+every group (each group's share drawn within 20% of that, so that their widths are as uneven as a search's) are
+timed together, and `scale` is the least-squares fit of their measured savings to their raw ones. One factor
+fitted on four models, not a curve through them: whole-model latency is not a function of the layers' savings
+alone (widths that are multiples of 8 run far faster than their neighbours in oneDNN's blocked kernels: on resnet56
+at batch 64, channels-last, keeping 1/2 of every group ran at 0.33 of the dense latency and keeping 0.6 at 0.50),
+and a curve through four such models follows their quirks (`bench/results/latency_table_resnet56*.md`). The table
+is an estimate, good to about 0.05 of the dense latency on average on this model; a search times its final policy
+for real (`fit_to_latency`). The table is a JSON object, so a run measures it once and reuses it on resume.
 """
 
 from __future__ import annotations
@@ -81,17 +83,6 @@ def _interp2(x: np.ndarray, y: np.ndarray, xs: np.ndarray, ys: np.ndarray, table
             + u * w * table[i1, j1])
 
 
-def _isotonic(values: list[float]) -> np.ndarray:
-    """The non-decreasing sequence closest to `values` in least squares (pool-adjacent-violators)."""
-    blocks: list[list[float]] = []  # [mean, count] of pooled runs
-    for v in values:
-        blocks.append([float(v), 1.0])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            (m2, n2), (m1, n1) = blocks.pop(), blocks.pop()
-            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
-    return np.concatenate([np.full(int(n), m) for m, n in blocks])
-
-
 def _width_grid(full: int, smallest: int, points: int, step: int = 1) -> list[int]:
     """`points` widths from `smallest` to `full` (ascending, whole, distinct), the inner ones multiples of `step`
     (the channel rounding: the widths policies will have)."""
@@ -106,8 +97,9 @@ class LatencyTable:
     `layers` holds, per timed layer: its name, the affine map from kept counts to its widths (`in0`, `in_cut`,
     `out0`, `out_cut`: width = w0 - sum_g cut[g] * (channels_g - keep_g)), the input and output widths measured
     (`in_grid`, `out_grid`, ascending) and `times_ms` [len(in_grid)][len(out_grid)]. `dense` is the whole model's
-    latency and `calibration` the (raw, measured) milliseconds of whole models (module doc; empty: the raw
-    prediction). The table holds for one batch size, CPU thread count and memory layout.
+    latency, `calibration` the (raw, measured) milliseconds of the whole models timed to calibrate it and `scale`
+    the factor fitted to them (module doc; 1.0 without calibration). The table holds for one batch size, CPU thread
+    count and memory layout.
     """
 
     def __init__(self, full: list[int], layers: list[dict[str, Any]], dense: float, batch_size: int,
@@ -116,6 +108,12 @@ class LatencyTable:
         self.full, self.layers, self.dense = np.asarray(full, dtype=np.int64), layers, dense
         self.batch_size, self.threads, self.channels_last = batch_size, threads, channels_last
         self.calibration = [(float(r), float(m)) for r, m in calibration or []]
+        # least squares of the measured savings on the raw ones, through the dense model; a non-positive fit (noise
+        # swamping the savings) would make cost fall with width, so it falls back to the raw savings
+        raw = np.array([self.dense - r for r, _ in self.calibration])
+        measured = np.array([self.dense - m for _, m in self.calibration])
+        fit = float(raw @ measured / (raw @ raw)) if len(raw) and raw @ raw > 0 else 1.0
+        self.scale = fit if fit > 0 else 1.0
         # the layers as arrays once: the search calls the table on every step
         self._arrays = [tuple(np.asarray(layer[key], dtype=np.float64)
                               for key in ("in0", "in_cut", "out0", "out_cut", "in_grid", "out_grid", "times_ms"))
@@ -161,9 +159,9 @@ class LatencyTable:
         models = [pruner.model, *(narrowed_copy(pruner, k) for k in kept)]
         dense, *measured = latencies(models, pruner.input_shape, batch_size, threads=threads, repeats=5,
                                      channels_last=channels_last, device=device)
-        table = cls(pruner.channels.tolist(), layers, dense, batch_size, threads, channels_last)
-        table.calibration = [(float(table.raw(k)), m) for k, m in zip(kept, measured)]
-        return table
+        raw = cls(pruner.channels.tolist(), layers, dense, batch_size, threads, channels_last)
+        calibration = [(float(raw.raw(k)), m) for k, m in zip(kept, measured)]
+        return cls(pruner.channels.tolist(), layers, dense, batch_size, threads, channels_last, calibration)
 
     def raw(self, keep: np.ndarray) -> np.ndarray:
         """The layers' own prediction (ms) for kept counts `keep` [..., G], before calibration; shape [...]."""
@@ -175,20 +173,7 @@ class LatencyTable:
 
     def __call__(self, keep: np.ndarray) -> np.ndarray:
         """Predicted latency (ms) of kept counts `keep` [..., G]; returns shape [...]."""
-        raw = self.raw(keep)
-        if not self.calibration:
-            return raw
-        # (raw, measured) through the dense model, ascending and made monotone by the least-squares monotone fit:
-        # timing noise must not make a wider model look faster (the budget wall relies on monotone costs), and one
-        # noisy timing is averaged with its neighbours rather than carried over every point after it
-        points = sorted([*self.calibration, (self.dense, self.dense)])
-        xs = np.array([p[0] for p in points])
-        ys = np.minimum(_isotonic([p[1] for p in points]), self.dense)
-        if len(xs) > 1 and xs[1] > xs[0]:  # below the smallest calibration model: along the last segment
-            below = ys[0] + (ys[1] - ys[0]) / (xs[1] - xs[0]) * (raw - xs[0])
-        else:
-            below = np.full_like(raw, ys[0])
-        return np.where(raw < xs[0], np.maximum(below, 0.0), np.interp(raw, xs, ys))
+        return self.dense - self.scale * (self.dense - self.raw(keep))
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": "amc-latency/3", "full": self.full.tolist(), "layers": self.layers, "dense_ms": self.dense,
