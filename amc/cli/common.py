@@ -54,7 +54,7 @@ def pruned_model_file(path: str, data: Dataset | None) -> PrunedModel:
     if data is not None and tuple(data.image_shape) != shape:
         raise AmcError(
             f"{path} takes inputs of shape {shape} but dataset {data.name} has {tuple(data.image_shape)}; "
-            "pass the dataset the model was pruned on"
+            "pass the dataset (and --image-size) the model was pruned on"
         )
     pruned = PrunedModel.load(path)
     check_fits(TrainedModel(pruned.module, path, pruned.num_classes, pruned.input_shape, pruned.mean, pruned.std),

@@ -1,5 +1,6 @@
-"""Data: datasets held in memory as uint8 tensors (`datasets`), per-batch transforms (`transforms`) and
-the one held-out `val` split of TRAIN (`split`).
+"""Data: datasets held in memory as uint8 tensors (`datasets`), image folders read from disk at one size
+(`imagefiles`), decoding and its cache (`decode`), per-batch transforms (`transforms`) and the one held-out `val`
+split of TRAIN (`split`).
 
 `DATASETS` names the data sets `load_dataset` reads; it lives here, free of heavy imports, so the command
 line can offer it without loading torch.
