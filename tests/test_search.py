@@ -239,3 +239,35 @@ def test_every_transition_carries_its_episodes_final_reward_when_the_agent_train
     recorder = EpisodeRecorderCallback(lambda info: finals.append(info["reward"]), lambda: None)
     agent.learn(total_timesteps=5 * n, callback=CallbackList([RewardRelabelCallback(n), recorder]))
     assert len(finals) == 5 and checked == [3, 4, 5]
+
+
+def test_a_latency_policy_that_runs_over_its_budget_is_narrowed_and_rescored(digits_task, monkeypatch):
+    """When the final policy's timing misses the budget the table promised, the search's final policy is the
+    narrowed one, re-scored on the reward and selection splits, and says what happened."""
+    import agents.search as search
+    from amc.engine.latency import LatencyFit
+
+    task = digits_task
+    config = SearchConfig(budget_kind="latency", budget_ratio=0.8)
+    full = task.pruner.channels
+    narrowed = np.maximum(1, full // 2)
+
+    class Table:  # the table's prediction: the kept share of channels
+        dense = 1.0
+
+        def __call__(self, keep):
+            return np.asarray(keep).sum(-1) / full.sum()
+
+    monkeypatch.setattr(search, "fit_to_latency", lambda *a, **k: LatencyFit(narrowed, 0.7, 0.5, 0.95))
+    final = search._policy(task, config, full.tolist(), method="amc", val_accuracy=1.0, episode=3)
+    with pytest.warns(UserWarning, match="narrowed by a factor 0.500"):
+        policy = search._timed_within_budget(task, config, Table(), final)
+    assert policy.counts_for(task.pruner).tolist() == narrowed.tolist()
+    assert policy.extra["latency_measured"] == 0.7 and policy.extra["latency_before"] == 0.95
+    assert policy.extra["latency_narrowed"] == 0.5 and policy.extra["latency_predicted"] == pytest.approx(1.0)
+    val, select = task.evaluator.rescore(narrowed)
+    assert policy.extra["val_accuracy"] == val.accuracy and policy.extra["select_accuracy"] == select.accuracy
+    assert policy.extra["episode"] == 3
+    monkeypatch.setattr(search, "fit_to_latency", lambda *a, **k: LatencyFit(full, 0.75, 1.0, 0.75))
+    kept = search._timed_within_budget(task, config, Table(), final)
+    assert kept is final and kept.extra["latency_measured"] == 0.75
