@@ -28,9 +28,9 @@ from amc.engine.device import fast_dtype, resolve_device
 from amc.engine.groups import layer_names
 from amc.engine.measure import (
     accepts_channels_last,
+    batch_size_for,
     correct_and_loss,
     fold_batchnorm,
-    to_channels_last,
 )
 from amc.engine.memory import release_free_memory
 from amc.engine.pruner import ChannelPruner
@@ -85,17 +85,30 @@ class RewardEvaluator:
         self.dtype = fast_dtype(self.device) if dtype is None else dtype
         # channels-last runs CPU convolutions about 1.8x faster, for the models that accept it
         self.channels_last = accepts_channels_last(pruner.model, pruner.input_shape)
-        layout = to_channels_last if self.channels_last else (lambda x: x)
-        order = torch.randperm(len(val_x), generator=torch.Generator().manual_seed(seed))
-        self.val_x, self.val_y = layout(val_x[order].to(self.device)), val_y[order].to(self.device)
-        self.refit_x = None if refit_x is None else layout(refit_x.to(self.device))
-        empty = select_y is None or not len(select_y)  # one way to say "no selection split": None
-        self.select_x = None if empty else layout(select_x.to(self.device))
-        self.select_y = None if empty else select_y.to(self.device)
+        self.refit_x = None if refit_x is None else self._arranged(refit_x)
         self.targets: dict[str, Target] = {}
-        if reconstruct == "sequential":
+        if reconstruct == "sequential":  # before the splits are copied: its forward pass is a peak of memory too
             self.targets = collect_targets(pruner.model, pruner.readers, self.refit_x, positions=positions, seed=seed)
+        order = torch.randperm(len(val_x), generator=torch.Generator().manual_seed(seed))
+        self.val_x, self.val_y = self._arranged(val_x, order), val_y[order].to(self.device)
+        empty = select_y is None or not len(select_y)  # one way to say "no selection split": None
+        self.select_x = None if empty else self._arranged(select_x)
+        self.select_y = None if empty else select_y.to(self.device)
         self._foldable = True
+
+    def _arranged(self, x: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
+        """`x[order]` on the evaluator's device in its memory layout, copied a slice at a time (or `x` itself when
+        it is already so): at 224x224 a split is gigabytes, and indexing, moving and changing the layout one after
+        the other would hold up to three copies of it at once."""
+        layout = torch.channels_last if self.channels_last and x.dim() == 4 else torch.contiguous_format
+        if order is None and x.device == self.device and x.is_contiguous(memory_format=layout):
+            return x
+        out = torch.empty(x.shape, dtype=x.dtype, device=self.device, memory_format=layout)
+        step = batch_size_for(x.shape[1:], "cpu")
+        for start in range(0, len(x), step):
+            part = slice(start, start + step)
+            out[part] = x[part if order is None else order[part]]
+        return out
 
     def prune(self, counts: np.ndarray) -> nn.Module:
         """The pruned model for kept counts `counts` [G] as evaluated (re-fitted, BatchNorm re-estimated), float32."""
@@ -215,11 +228,12 @@ class Task:
 def split_accuracy(model: nn.Module, split: Split, mean: Sequence[float], std: Sequence[float],
                    batch_size: int = 250) -> tuple[float, float]:
     """Top-1 accuracy (fraction in [0, 1]) and mean cross-entropy of `model` (eval mode) on a whole split,
-    normalized with `mean`, `std` one batch at a time: an in-memory ImageSet, or ImageFiles streamed through the
-    evaluation transform, so no split is ever held whole as float32."""
+    normalized with `mean`, `std` `batch_size` images at a time: an in-memory ImageSet, or ImageFiles streamed
+    through the evaluation transform, so no split is ever held whole as float32 (each forward pass takes
+    `batch_size_for` the images)."""
     correct, loss, n = 0, 0.0, 0
     for images, labels in batches(split, batch_size, mean, std):
-        c, s = correct_and_loss(model, images, labels, batch_size)
+        c, s = correct_and_loss(model, images, labels)
         correct, loss, n = correct + c, loss + s, n + len(labels)
     return correct / n, loss / n
 
@@ -314,7 +328,9 @@ def prepare_task(
     pool = train_idx[~torch.isin(train_idx, select_idx)]
     calib = norm(_sample(pool, calib_size, seed + 1))
     if reconstruct != "none" or selection == "ls":
-        pruner.calibrate((batch.to(device) for batch in calib.split(250)), positions=positions, seed=seed)
+        step = batch_size_for(calib.shape[1:], device, most=250)
+        pruner.calibrate((batch.to(device) for batch in calib.split(step)), positions=positions, seed=seed)
+    del calib  # 1.8 GB at 224x224: freed before the reward split is read
     refit_x = norm(_sample(pool, refit_size, seed + 2)) if refit_size > 0 else None
     if refit_x is None and reconstruct == "sequential":
         reconstruct = "gram"
@@ -326,8 +342,11 @@ def prepare_task(
         images = normalize(held.images[order], trained.mean, trained.std)
         select_x, select_y = images[:select_size], held.labels[order][:select_size]
         val_x, val_y = images[select_size:], held.labels[order][select_size:]
+        del images  # the two views keep it until the evaluator has its copies
     evaluator = RewardEvaluator(pruner, val_x, val_y, refit_x=refit_x, reconstruct=reconstruct, seed=seed + 3,
                                 select_x=select_x, select_y=select_y)
+    del val_x, select_x, refit_x  # the evaluator holds its own copies (gigabytes at 224x224)
+    release_free_memory()
     return Task(trained, data, pruner, evaluator, train_idx, val_idx, settings, select_idx)
 
 

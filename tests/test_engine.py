@@ -341,6 +341,30 @@ def test_models_that_refuse_channels_last_are_evaluated_contiguous():
     assert 0 <= evaluator(np.maximum(1, pruner.channels // 2)).accuracy <= 1
 
 
+def test_the_evaluator_holds_each_split_once_in_its_order_and_layout():
+    model = create_model("digits_cnn").eval()
+    pruner = ChannelPruner(model, (1, 8, 8), selection="l1")
+    x, y = torch.randn(700, 1, 8, 8), torch.arange(700) % 10
+    refit_x = torch.randn(64, 1, 8, 8).contiguous(memory_format=torch.channels_last)
+    evaluator = RewardEvaluator(pruner, x, y, refit_x=refit_x, reconstruct="gram", seed=5, select_x=x[:300],
+                                select_y=y[:300])
+    order = torch.randperm(700, generator=torch.Generator().manual_seed(5))
+    assert evaluator.channels_last and evaluator.val_x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(evaluator.val_x, x[order]) and torch.equal(evaluator.val_y, y[order])
+    assert torch.equal(evaluator.select_x, x[:300])
+    assert evaluator.refit_x is refit_x  # already on the device, in the layout: not copied
+
+
+def test_cpu_evaluation_batches_hold_at_most_500_cifar_images_of_values():
+    from amc.engine.measure import batch_size_for
+
+    assert batch_size_for((3, 32, 32), "cpu") == 500  # CIFAR: unchanged
+    assert batch_size_for((3, 32, 32), "cpu", most=250) == 250
+    assert batch_size_for((3, 224, 224), "cpu") == 10
+    assert batch_size_for((3, 2048, 2048), "cpu") == 1
+    assert batch_size_for((3, 224, 224), "meta") == 500  # an accelerator keeps whole batches
+
+
 def test_least_squares_selection_beats_l1_selection(train_digits_cnn) -> None:
     model, x_train, x_test = train_digits_cnn()
     errors = {}

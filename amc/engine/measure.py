@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import warnings
 from typing import Any, Sequence
@@ -43,12 +44,27 @@ def accepts_channels_last(model: nn.Module, input_shape: Sequence[int]) -> bool:
             and bool((got - want).abs().max() <= 1e-4 * (1.0 + want.abs().max())))
 
 
+# On a CPU an evaluation batch holds at most the values of 500 CIFAR images (10 images at 224x224): a batch's
+# activations grow with its pixels (resnet50 at 224 holds gigabytes for 500 images) and a larger batch computes no
+# faster there. Accelerators keep whole batches, which they need to be busy.
+_CPU_BATCH_VALUES = 500 * 3 * 32 * 32
+
+
+def batch_size_for(sample_shape: Sequence[int], device: torch.device | str, most: int = 500) -> int:
+    """Images per evaluation batch for inputs of one sample's shape `sample_shape` (e.g. [C, H, W]) on `device`:
+    `most`, or on a CPU fewer for large images, so that a batch holds at most as many values as 500 CIFAR images."""
+    if torch.device(device).type != "cpu":
+        return most
+    return max(1, min(most, _CPU_BATCH_VALUES // max(1, math.prod(sample_shape))))
+
+
 @torch.no_grad()
-def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> tuple[float, float]:
+def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+             batch_size: int | None = None) -> tuple[float, float]:
     """Top-1 accuracy (fraction in [0, 1]) and mean cross-entropy of `model` in eval mode.
 
     `inputs` are normalized float images [N, C, H, W]; `labels` int64 [N]; each batch is moved to the model's
-    device.
+    device. `batch_size` images per forward pass (default `batch_size_for` the images and the model's device).
     """
     correct, loss = correct_and_loss(model, inputs, labels, batch_size)
     return correct / len(inputs), loss / len(inputs)
@@ -56,11 +72,12 @@ def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch
 
 @torch.no_grad()
 def correct_and_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
-                     batch_size: int = 500) -> tuple[int, float]:
+                     batch_size: int | None = None) -> tuple[int, float]:
     """The number of correct top-1 predictions of `model` (in eval mode) and its summed cross-entropy (float32
     even under `torch.autocast`), as `accuracy` measures them; sums add up over parts of a split."""
     model.eval()
     device = next(iter(model.parameters()), torch.zeros(0)).device
+    batch_size = batch_size or batch_size_for(inputs.shape[1:], device)
     correct, loss = 0, 0.0
     for start in range(0, len(inputs), batch_size):
         logits = model(inputs[start : start + batch_size].to(device))
