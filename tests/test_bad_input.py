@@ -79,6 +79,13 @@ def cases(f: dict[str, Path]) -> list[tuple[str, list[str], str]]:
                                           str(root / "run-val")], "--val-size"),
         ("unknown agent file", ["apply", *digits, "--agent", str(root / "none.zip"), "--target-flops", "0.5",
                                 "--out", str(root / "y.pt")], "none.zip"),
+        ("--image-size without data", ["profile", "--model", "resnet20", "--image-size", "64"], "--dataset imagefolder"),
+        ("--input-shape with data", ["profile", "--model", "resnet20", "--input-shape", "3,64,64", "--dataset",
+                                     "imagefolder", "--data-dir", str(root / "mixed"), "--image-size", "32"],
+         "drop --input-shape"),
+        ("a budget only --channel-round puts out of reach", ["baseline", "--model", "resnet20", "--target-flops", "0.1",
+                                                             "--channel-round", "8", "--out", str(root / "r.json")],
+         "--channel-round 8"),
     ]
 
 
@@ -123,3 +130,22 @@ def test_debug_shows_the_traceback():
 
     with pytest.raises(AmcError):
         main(["eval", "--model", "resnet57", "--dataset", "digits", "--debug"])
+
+
+def test_workers_without_image_files_is_a_warning(files, capsys, tmp_path):
+    """`--workers` only decodes files read with --image-size: a run without it says the flag does nothing."""
+    model = tmp_path / "p.pt"
+    assert main(["apply", "--model", "digits_cnn", "--checkpoint", str(files["good"]), "--dataset", "digits",
+                "--out", str(model), "--policy", str(_uniform(tmp_path))]) == 0
+    code = main(["finetune", "--model", str(model), "--dataset", "digits", "--epochs", "1", "--workers", "2",
+                "--out", str(tmp_path / "f.pt")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "amc: warning: --workers decodes image files read with --image-size" in err
+
+
+def _uniform(tmp_path: Path) -> Path:
+    path = tmp_path / "u.json"
+    assert main(["baseline", "--model", "digits_cnn", "--input-shape", "1,8,8", "--target-flops", "0.5",
+                 "--out", str(path)]) == 0
+    return path

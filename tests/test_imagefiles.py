@@ -241,3 +241,16 @@ def test_a_search_task_decodes_only_what_it_reads(folder: Path, tmp_path: Path,
     # images left), 8 and 4 images
     cached = [torch.load(f, weights_only=True)["images"] for f in (tmp_path / "cache").glob("imagefiles-*.pt")]
     assert sorted(len(c) for c in cached) == [3, 4, 6, 8]
+
+
+@pytest.mark.parametrize("empty", ["select_size", "refit_size"])
+def test_a_split_set_to_zero_images_is_empty_not_an_error(folder: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch, empty: str) -> None:
+    from amc.reward import prepare_task
+
+    monkeypatch.setenv("AMC_CACHE_DIR", str(tmp_path / "cache"))
+    sizes = dict(val_size=6, calib_size=8, refit_size=4, select_size=4) | {empty: 0}
+    task = prepare_task("resnet20", None, "imagefolder", folder, image_size=SIZE, **sizes)
+    assert task.evaluator.has_selection == (empty != "select_size")
+    assert 0.0 <= task.evaluator(task.pruner.channels // 2).accuracy <= 1.0
+    assert len(ImageFiles([], torch.empty(0, dtype=torch.int64), SIZE).load().images) == 0

@@ -200,10 +200,14 @@ def test_cli_uniform_latency_baseline_channels_last(capsys: pytest.CaptureFixtur
             "0.9", "--latency-channels-last", "--out", policy_path)
     code, _, err = run(capsys, *argv, "--latency-batch", "0")
     assert_user_error(code, err, "--latency-batch", "0 is outside")
+    # the rules that evaluate policies take FLOPs or params budgets: refused before any work, data or not
+    code, _, err = run(capsys, *argv, "--method", "dp")
+    assert_user_error(code, err, "--method dp", "--target-latency", "--method uniform")
     code, out, err = run(capsys, *argv, "--latency-batch", "8")
     assert code == 0, err
     policy = json.loads(policy_path.read_text())
     assert policy["budget"] == {"kind": "latency", "ratio": 0.9} and policy["predicted"]["macs_ratio"] < 1.0
+    assert policy["latency_predicted"] <= 0.9 and f"latency {100 * policy['latency_predicted']:.1f}% (table)" in out
 
 
 def test_cli_channel_round(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -217,6 +221,13 @@ def test_cli_channel_round(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
     policy = json.loads(policy_path.read_text())
     assert policy["channel_round"] == 8 and policy["predicted"]["macs_ratio"] <= 0.5
     assert all(g["keep"] % 8 == 0 or g["keep"] == g["channels"] for g in policy["groups"])
+    # a budget only the rounding puts out of reach says so, not "a smaller --lbound" (resnet20's groups: 16-64)
+    resnet = ("baseline", "--model", "resnet20", "--input-shape", "3,32,32", "--out", tmp_path / "r.json", "--force")
+    assert run(capsys, *resnet, "--target-flops", "0.1")[0] == 0
+    code, _, err = run(capsys, *resnet, "--target-flops", "0.1", "--channel-round", "8")
+    assert_user_error(code, err, "cannot be met with --channel-round 8", "a smaller --channel-round")
+    code, _, err = run(capsys, *resnet, "--target-flops", "0.5", "--channel-round", "65")
+    assert_user_error(code, err, "--channel-round 65 leaves no group prunable", "the widest has 64")
 
 
 def test_cli_baseline_apply_eval_on_digits(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -312,7 +312,10 @@ def test_a_run_killed_during_its_set_up_resumes_from_the_start(digits_task, fini
 
 def test_damaged_latency_table_is_measured_again(capsys, tmp_path):
     out = tmp_path / "lat"
-    assert run(capsys, *SEARCH, "--target-latency", "0.9", "--out", out)[0] == 0
+    code, printed, _ = run(capsys, *SEARCH, "--target-latency", "0.9", "--out", out)
+    assert code == 0
+    measured = json.loads((out / "best_policy.json").read_text())["latency_measured"]
+    assert f"latency {100 * measured:.1f}% (table" in printed  # the summary says what the budget was met at
     (out / "latency.json").write_bytes(b"\x00\xffgarbage")
     code, _, err = run(capsys, *SEARCH, "--episodes", "6", "--target-latency", "0.9", "--out", out, "--resume")
     assert code == 0, err

@@ -126,8 +126,8 @@ SHARED_FLAGS: dict[str, AddShared] = {
     "dataset": _flag("--dataset", metavar="NAME", choices=DATASETS, help="one of %(choices)s"),
     "data_dir": _data_dir_flags,
     "input_shape": _flag(
-        "--input-shape", type=_input_shape, default=(3, 32, 32), metavar="C,H,W",
-        help="one input's shape, used when no --dataset is given (default 3,32,32)",
+        "--input-shape", type=_input_shape, metavar="C,H,W",
+        help="one input's shape, when no --dataset is given (default 3,32,32)",
     ),
     "seed": _flag("--seed", type=SEED, default=0,
                   help="seed of the train/val split and calibration sample (default %(default)s)"),
@@ -230,6 +230,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_flag_combinations(args: argparse.Namespace) -> None:
+    """Refuse, before any work, flags that the other flags would make this command ignore."""
+    dataset = getattr(args, "dataset", None)
+    if getattr(args, "image_size", None) and not dataset:
+        raise AmcError(f"--image-size {args.image_size} reads an image folder at that size: pass --dataset imagefolder "
+                       "--data-dir DIR (without data, --input-shape 3,SIDE,SIDE sets the size)")
+    if getattr(args, "input_shape", None) and dataset:
+        raise AmcError(f"--input-shape is for runs without data; --dataset {dataset} sets the shape (an image folder's "
+                       "size with --image-size): drop --input-shape")
+    if getattr(args, "workers", None) and not getattr(args, "image_size", None):
+        warnings.warn("--workers decodes image files read with --image-size; without it the images are in memory and "
+                      "batched in this process, so it has no effect")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `amc` with `argv` (default: the process's arguments); returns the exit code."""
     try:
@@ -243,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings(), _unpickling(getattr(args, "unsafe_unpickle", False)):
         warnings.showwarning = _show_warning
         try:
+            _check_flag_combinations(args)
             if getattr(args, "device", None):  # before any work: an unavailable device is one line, exit 2
                 from amc.engine.device import resolve_device
 

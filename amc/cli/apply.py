@@ -80,7 +80,7 @@ def _apply(args: argparse.Namespace) -> int:
                             reconstruct="sequential" if reconstruct else "none")
         trained, pruner = task.model, task.pruner
     else:
-        trained = load_trained_model(args.model, args.checkpoint, input_shape=args.input_shape)
+        trained = load_trained_model(args.model, args.checkpoint, input_shape=args.input_shape or common.DEFAULT_INPUT_SHAPE)
         pruner = ChannelPruner(trained.module, trained.input_shape, selection=selection)
     if policy is None:
         from agents.search import policy_from_agent

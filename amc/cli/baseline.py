@@ -13,7 +13,7 @@ from amc.cli.train_agent import select_size_flag
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=("uniform", "random", "sensitivity", "dp"), default="uniform",
                         help="uniform (needs only shapes), or random / sensitivity / dp (need --dataset: they "
-                             "evaluate) (default %(default)s)")
+                             "evaluate; FLOPs or params budgets only) (default %(default)s)")
     parser.add_argument("--lbound", type=LBOUND, help="fewest channels a group keeps, as a fraction of its "
                         f"channels (default 0 for uniform, {SearchConfig.lbound} otherwise, as the agent)")
     parser.add_argument("--episodes", type=COUNT, default=SearchConfig.episodes,
@@ -40,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
 
     common.check_out(args.out, args.force)
     budget = common.budget(args.target_flops, args.target_params, args.target_latency)
+    if budget.kind == "latency" and args.method != "uniform":
+        raise AmcError(f"baseline --method {args.method} takes a --target-flops or --target-params budget; with "
+                       "--target-latency use --method uniform, or search with amc train-agent --target-latency")
     lbound = args.lbound if args.lbound is not None else (0.0 if args.method == "uniform" else SearchConfig.lbound)
     if not 0.0 <= lbound < 1.0:
         raise AmcError(f"--lbound {lbound} is outside [0, 1); pass e.g. --lbound 0.2")
@@ -55,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
                  if budget.kind == "latency" else None)
         cost = cost_function(pruner, budget.kind, table)
         counts = uniform_counts(pruner, cost, check_reachable(pruner, cost, budget, lbound))
-        policy = Policy.from_counts(pruner, args.model, counts, budget, method=args.method, lbound=lbound)
+        if table is not None:  # the table's estimate: `amc eval --compare` times the pruned model for real
+            extra["latency_predicted"] = float(table(counts) / table.dense)
+        policy = Policy.from_counts(pruner, args.model, counts, budget, method=args.method, lbound=lbound, **extra)
     elif not args.dataset:
         raise AmcError(f"baseline --method {args.method} evaluates policies: pass --dataset (and --data-dir)")
     else:
@@ -78,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"wrote {args.out}: {args.method} policy, MACs {p['macs']:,} ({100 * p['macs_ratio']:.2f}% of dense), "
               f"params {p['params']:,} ({100 * p['params_ratio']:.2f}% of dense)"
-              + (f", val accuracy {100 * extra['val_accuracy']:.2f}%" if extra else "")
+              + (f", latency {100 * extra['latency_predicted']:.1f}% (table)" if "latency_predicted" in extra else "")
+              + (f", val accuracy {100 * extra['val_accuracy']:.2f}%" if "val_accuracy" in extra else "")
               + (f", selection split {100 * extra['select_accuracy']:.2f}%" if "select_accuracy" in extra else ""))
     return 0

@@ -20,6 +20,8 @@ from amc.fileio import check_writable, exclusive_lock
 from amc.models.pruned import PrunedModel, read_model_info
 from amc.models.trained import TrainedModel, check_fits, load_trained_model
 
+DEFAULT_INPUT_SHAPE = (3, 32, 32)  # one input's (C, H, W) without --dataset or --input-shape
+
 
 def is_model_file(spec: str) -> bool:
     """True when --model names a file rather than a dense model: an amc pruned-model file, whatever its suffix
@@ -33,14 +35,14 @@ def dataset(name: str | None, data_dir: str | None, image_size: int | None = Non
 
 
 def trained_model(spec: str, checkpoint: str | None, data: Dataset | None,
-                  input_shape: Sequence[int] = (3, 32, 32)) -> TrainedModel:
+                  input_shape: Sequence[int] | None = None) -> TrainedModel:
     """The model `spec` (and `checkpoint`) name, with its input shape and normalization.
 
     `spec` may be an amc pruned-model file, which carries its own weights, shape and normalization.
-    Without `data`, `input_shape` is one input's (C, H, W).
+    Without `data`, `input_shape` is one input's (C, H, W) (default 3, 32, 32).
     """
     if not is_model_file(spec):
-        shape = data.image_shape if data is not None else input_shape
+        shape = data.image_shape if data is not None else input_shape or DEFAULT_INPUT_SHAPE
         return load_trained_model(spec, checkpoint, dataset=data, input_shape=shape)
     if checkpoint:
         raise AmcError(f"{spec} is a pruned-model file with its own weights; drop --checkpoint")

@@ -105,8 +105,10 @@ def run(args: argparse.Namespace) -> int:
     for name, policy in (("amc", best), ("uniform", uniform)):
         p, extra = policy.predicted, policy.extra
         select = f"  selection split {100 * extra['select_accuracy']:.2f}%" if "select_accuracy" in extra else ""
+        latency = (f"  latency {100 * extra['latency_measured']:.1f}% (table {100 * extra['latency_predicted']:.1f}%)"
+                   if "latency_measured" in extra else "")
         print(f"{name:<8} val accuracy {100 * extra['val_accuracy']:.2f}%{select}  MACs {100 * p['macs_ratio']:.2f}%  "
-              f"params {100 * p['params_ratio']:.2f}% of dense")
+              f"params {100 * p['params_ratio']:.2f}%{latency} of dense")
     if result.selection is not None:
         chosen, n = result.selection.best, len(result.selection.candidates)
         which = (f"episode {chosen.episode} (reward rank {result.selection.chosen + 1})" if chosen.source == "amc"

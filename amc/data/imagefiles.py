@@ -93,6 +93,8 @@ class ImageFiles:
         """
         from amc.data.datasets import ImageSet  # datasets imports this module
 
+        if not self.paths:  # e.g. --select-size 0: an empty split, nothing to decode or cache
+            return ImageSet(torch.empty(0, 3, self.size, self.size, dtype=torch.uint8), self.labels.clone())
         key = hashlib.sha256(f"{_CACHE_FORMAT}\n{self.size}\n".encode())
         for path in self.paths:
             st = os.stat(path)

@@ -106,12 +106,22 @@ def check_reachable(pruner: ChannelPruner, cost: CostFn, budget: Budget, lbound:
     dense = float(cost(pruner.channels))
     smallest = float(cost(min_counts(pruner, lbound))) / dense
     if budget.ratio < smallest:
+        least = f"pass a budget of at least {math.ceil(smallest * 1000) / 1000:g}"
+        r = pruner.channel_round
+        if r > 1 and (pruner.channels <= r).all():
+            raise AmcError(f"--channel-round {r} leaves no group prunable: the widest has {pruner.channels.max()} "
+                           "channels and a group keeps a multiple of it or all of them; pass a smaller --channel-round")
+        unrounded = float(cost(np.maximum([g.min_keep for g in pruner.groups],
+                                          np.ceil(lbound * pruner.channels - 1e-9).astype(np.int64)))) / dense
+        if r > 1 and budget.ratio >= unrounded:  # the rounding, not the lower bound, is what stands in the way
+            raise AmcError(f"a {budget.kind} budget of {budget.ratio:g} cannot be met with --channel-round {r}: every "
+                           f"group keeps at least {r} channels (or all of a narrower one's), so the smallest model "
+                           f"keeps {smallest:.3f}; pass a smaller --channel-round or {least}")
         # with --lbound 0 the floor is the layers pruning cannot narrow: only a larger budget helps
         smaller = " or a smaller --lbound" if lbound > 0 else " (the rest of the model is not prunable)"
         raise AmcError(
             f"a {budget.kind} budget of {budget.ratio:g} cannot be met: the smallest model the lower bound "
-            f"{lbound:g} allows keeps {smallest:.3f}; pass a budget of at least {math.ceil(smallest * 1000) / 1000:g}"
-            + smaller
+            f"{lbound:g} allows keeps {smallest:.3f}; {least}" + smaller
         )
     return budget.ratio * dense
 
