@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from agents.config import SearchConfig
 from agents.selection import DEFAULT_TOP, FinalSelection, select_final
@@ -129,7 +130,8 @@ def random_search(task: Task, budget: Budget, episodes: int, seed: int, reward: 
     rng = np.random.default_rng(seed)
     best: dict = {"reward": -math.inf}
     scored = []
-    for episode in range(1, episodes + 1):
+    # a bar on a terminal only (disable=None), as every long step of amc
+    for episode in tqdm(range(1, episodes + 1), desc="random search", unit="ep", disable=None, leave=False):
         env.reset()
         terminated = False
         while not terminated:
@@ -168,7 +170,8 @@ def sensitivity_table(task: Task, ratios: Sequence[float] = DEFAULT_RATIOS,
     dense = evaluate(full)
     counts = np.stack([ratio_counts(task.pruner, r, lbound) for r in grid], axis=1)  # [G, R]
     accuracy, loss = np.empty(counts.shape), np.empty(counts.shape)
-    for g, r in np.ndindex(*counts.shape):
+    for g, r in tqdm(list(np.ndindex(*counts.shape)), desc="sensitivity of each group", unit="policy", disable=None,
+                     leave=False):
         trial = full.copy()
         trial[g] = counts[g, r]
         result = evaluate(trial)

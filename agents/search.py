@@ -6,6 +6,7 @@ candidates of the episode log on the selection split (`agents.selection`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import pickle
@@ -160,19 +161,32 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
     run.check_usable()
     if resume and not (run.path / "config.json").is_file():
         raise AmcError(f"nothing to resume in {run.path}: it has no config.json; start the run without --resume")
-    with run.locked():
-        if resume:
-            _compare_config(run.read_config(), config)
-        elif run.has_results() and not force:
-            raise AmcError(f"run folder {run.path} already has results; pass --resume to continue it or --force to "
-                           "replace it")
-        if task is not None:
-            config.check_task(task)
-        if force:
-            run.clear()
-        if not resume:  # first thing on disk, so a run killed during its set-up can be resumed
-            atomic_write_json(run.path / "config.json", config.to_dict())
-        return _search(config, run, task or config.prepare_task(), resume, progress)
+    created, abandoned = not run.path.exists(), False
+    try:
+        with run.locked():
+            if resume:
+                _compare_config(run.read_config(), config)
+            elif run.has_results() and not force:
+                raise AmcError(f"run folder {run.path} already has results; pass --resume to continue it or --force "
+                               "to replace it")
+            if task is not None:
+                config.check_task(task)
+            if force:
+                run.clear()
+            if not resume:  # first thing on disk, so a run killed during its set-up can be resumed
+                atomic_write_json(run.path / "config.json", config.to_dict())
+            try:
+                return _search(config, run, task or config.prepare_task(), resume, progress)
+            except AmcError:  # refused during its set-up (its data, its budget): no half-made run is left behind
+                if not resume and not run.has_results():
+                    run.clear()
+                    abandoned = True
+                raise
+    finally:
+        if abandoned and created:
+            (run.path / ".lock").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                run.path.rmdir()
 
 
 def _load_checkpoint(run: RunFolder, agent: Any, env: ChannelPruningEnv, device: str) -> tuple[Any, SearchState]:
@@ -209,7 +223,8 @@ def _load_checkpoint(run: RunFolder, agent: Any, env: ChannelPruningEnv, device:
 def _search(config: SearchConfig, run: RunFolder, task: Task, resume: bool, progress: bool) -> SearchResult:
     """The search itself, in a locked run folder whose config.json is written."""
     budget = config.budget()
-    latency = (latency_table(task, run.path, config.latency_batch, config.latency_channels_last)
+    latency = (latency_table(task, run.path, config.latency_batch, config.latency_channels_last,
+                             progress=None if progress else False)
                if "latency" in (budget.kind, config.reward) else None)
     # racing compares accuracies, so it serves the accuracy reward only
     racing = RacingReward(task.evaluator, config.race_images, config.race_margin) \
@@ -328,9 +343,11 @@ def baseline_policies(task: Task, config: SearchConfig) -> list[tuple[np.ndarray
     return [(BASELINES[name](task, config.budget(), lbound=config.lbound, table=table).counts, name) for name in names]
 
 
-def latency_table(task: Task, folder: Path, batch_size: int = 1, channels_last: bool = False) -> LatencyTable:
+def latency_table(task: Task, folder: Path, batch_size: int = 1, channels_last: bool = False, *,
+                  progress: bool | None = None) -> LatencyTable:
     """The run's latency table: read from `folder/latency.json`, or measured once (at `batch_size`, in
-    channels-last layout if `channels_last`) and written there. A damaged file is measured again."""
+    channels-last layout if `channels_last`, with a progress bar as `LatencyTable.measure`) and written there. A
+    damaged file is measured again."""
     path = folder / "latency.json"
     if path.exists():
         try:
@@ -338,7 +355,7 @@ def latency_table(task: Task, folder: Path, batch_size: int = 1, channels_last: 
         except Exception as exc:  # damaged: it is a cache of a measurement, so measure again
             warnings.warn(f"{path} is damaged or from an older amc ({one_line(exc)[:80]}); "
                           "measuring the latency table again")
-    table = LatencyTable.measure(task.pruner, batch_size=batch_size, channels_last=channels_last)
+    table = LatencyTable.measure(task.pruner, batch_size=batch_size, channels_last=channels_last, progress=progress)
     atomic_write_json(path, table.to_dict())
     return table
 

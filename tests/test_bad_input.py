@@ -149,3 +149,16 @@ def _uniform(tmp_path: Path) -> Path:
     assert main(["baseline", "--model", "digits_cnn", "--input-shape", "1,8,8", "--target-flops", "0.5",
                  "--out", str(path)]) == 0
     return path
+
+
+def test_a_run_refused_during_its_set_up_leaves_nothing_behind(files, capsys, tmp_path):
+    digits = ["train-agent", "--model", "digits_cnn", "--checkpoint", str(files["good"]), "--dataset", "digits",
+              "--episodes", "4", "--warmup", "2", "--no-progress", "--target-flops", "0.01"]
+    assert main([*digits, "--out", str(tmp_path / "new")]) == 2
+    assert not (tmp_path / "new").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    assert main([*digits, "--out", str(mine)]) == 2
+    assert "at least" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir() if p.name != ".lock") == ["notes.txt"]

@@ -160,10 +160,13 @@ def test_imagefolder_missing_or_empty_folders(tmp_path: Path) -> None:
         _load(root, tmp_path)
     (root / "train" / "cat").mkdir()
     (root / "test" / "cat").mkdir()
+    (root / "train" / "cat" / "README.txt").write_text("not an image")  # read by extension, as torchvision does
     with pytest.raises(AmcError, match=r"cat has no images"):
         _load(root, tmp_path)
     Image.fromarray(_pixels(1)).save(root / "train" / "cat" / "a.png")
     Image.fromarray(_pixels(2)).save(root / "test" / "cat" / "a.png")
+    with pytest.warns(UserWarning, match=r"skipped 1 file\(s\) of .*cat that are not images .*README.txt"):
+        assert len(_load(root, tmp_path).train) == 1
     (root / "test" / "cow").mkdir()
     Image.fromarray(_pixels(3)).save(root / "test" / "cow" / "a.png")
     with pytest.raises(AmcError, match=r"cow has no counterpart"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -319,9 +320,7 @@ def _list_images(root: Path) -> tuple[list[str], list[_ImageFile], list[_ImageFi
                     f"class folder {split_dir / cls} has no counterpart in {root / 'train'}; "
                     "add training images for it or remove it"
                 )
-            found = _walk_files(split_dir / cls)
-            if not found:
-                raise AmcError(f"class folder {split_dir / cls} has no images; add images or remove the folder")
+            found = _image_files(split_dir / cls)
             label = classes.index(cls)
             files.extend((Path(e.path), label, e.stat()) for e in found)
         listed.append(files)
@@ -331,6 +330,29 @@ def _list_images(root: Path) -> tuple[list[str], list[_ImageFile], list[_ImageFi
 def _subfolders(folder: Path) -> list[str]:
     """Sorted names of the non-hidden folders directly in `folder`."""
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def _image_files(folder: Path) -> list[os.DirEntry]:
+    """The image files of a class folder (`_walk_files`), chosen by extension as torchvision's ImageFolder does: the
+    extensions Pillow opens. Other files (a readme.txt, a labels.csv) are skipped with a warning.
+
+    Raises:
+        AmcError: the folder holds no image file.
+    """
+    from PIL import Image
+
+    Image.init()
+    known = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    entries = _walk_files(folder)
+    images = [e for e in entries if os.path.splitext(e.name)[1].lower() in known]
+    if not images:
+        raise AmcError(f"class folder {folder} has no images (image files by extension: .jpg, .png, ...); add images "
+                       "or remove the folder")
+    if len(images) < len(entries):
+        other = next(e.name for e in entries if os.path.splitext(e.name)[1].lower() not in known)
+        warnings.warn(f"skipped {len(entries) - len(images)} file(s) of {folder} that are not images by their "
+                      f"extension (e.g. {other})")
+    return images
 
 
 def _walk_files(folder: Path, seen: set[tuple[int, int]] | None = None) -> list[os.DirEntry]:
@@ -429,9 +451,7 @@ def load_labelled_folder(folder: str | Path, classes: Sequence[str], *, cache_di
                        f"{', ...' if len(classes) > 10 else ''}); rename or remove it")
     files: list[_ImageFile] = []
     for cls in found:
-        entries = _walk_files(root / cls)
-        if not entries:
-            raise AmcError(f"class folder {root / cls} has no images; add images or remove the folder")
+        entries = _image_files(root / cls)
         files.extend((Path(e.path), list(classes).index(cls), e.stat()) for e in entries)
     labels = torch.tensor([label for _, label, _ in files], dtype=torch.int64)
     if image_size is not None:

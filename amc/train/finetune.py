@@ -200,9 +200,10 @@ def _train(
     val = ImageSet(val.images.to(device), val.labels.to(device))
     augment = config.augment and train.shape[1] >= AUGMENT_MIN_SIZE
 
+    # counted in steps, so that an epoch of ImageNet shows its progress; the description names the epoch
     bar = tqdm(
-        initial=len(history), total=config.epochs, desc="fine-tuning", unit="epoch", file=sys.stderr,
-        disable=not (progress and main), dynamic_ncols=True,
+        initial=len(history) * steps_per_epoch, total=config.epochs * steps_per_epoch, desc="fine-tuning", unit="step",
+        file=sys.stderr, disable=not (progress and main), dynamic_ncols=True,
     )  # fmt: skip
     try:  # the bar is closed before an error is reported, so the error starts its own line
         for epoch in range(len(history), config.epochs):
@@ -212,6 +213,7 @@ def _train(
             torch.manual_seed(int(np.random.SeedSequence([config.seed, epoch, rank]).generate_state(1)[0]))
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per step
             step = epoch * steps_per_epoch
+            bar.set_description(f"fine-tuning epoch {epoch + 1}/{config.epochs}", refresh=False)
             for images, labels in batches(
                 train, rank_batch, mean, std, shuffle=True, augment=augment, generator=generator,
                 rank=rank, world_size=world_size, workers=config.workers,
@@ -227,6 +229,7 @@ def _train(
                 optimizer.step()
                 loss_sum += loss.detach() * len(labels)
                 step += 1
+                bar.update()
             loss_total, seen = _sum_over_ranks([float(loss_sum), len(train) // world_size], device, world_size)
             train_loss = loss_total / seen
             if not math.isfinite(train_loss):
@@ -249,9 +252,7 @@ def _train(
                     save_fn(model, out)
             if main and out is not None:
                 _save_last(last_checkpoint_path(out), model, optimizer, history, best_acc, best_epoch, config)
-            # Postfix first, then advance: the bar then shows each epoch's own numbers.
-            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_acc:.2%}", best=f"{best_acc:.2%}", refresh=False)
-            bar.update()
+            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_acc:.2%}", best=f"{best_acc:.2%}")
     finally:
         bar.close()
     model.to(memory_format=torch.contiguous_format)
