@@ -30,6 +30,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     arguments=_arguments,
 )
 def run(args: argparse.Namespace) -> int:
+    import warnings
+
     from amc.cli import common
     from amc.engine.budget import check_reachable, cost_function, uniform_counts
     from amc.engine.groups import layer_names
@@ -66,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         from agents.baselines import run_baseline  # the CLI is where amc meets its agents
         from amc.reward import prepare_task
+
+        if args.checkpoint is None and not common.is_model_file(args.model):
+            warnings.warn(f"no --checkpoint: scoring policies on the untrained model {args.model}")
 
         task = prepare_task(args.model, args.checkpoint, args.dataset, args.data_dir, image_size=args.image_size,
                             val_size=args.val_size, seed=args.seed, selection=args.selection or "ls",

@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
 def _compare(specs: list[str], checkpoint: str | None, dataset: str, data_dir: str | None, image_size: int | None,
              channels_last: bool, as_json: bool, device: Any) -> int:
     """One table for a dense and a pruned model on the test split, latency as medians of repeated runs."""
+    import warnings
+
     import torch
 
     from amc.cli import common
@@ -92,6 +94,8 @@ def _compare(specs: list[str], checkpoint: str | None, dataset: str, data_dir: s
     threads = torch.get_num_threads()
     models, rows = [], []
     for spec, weights in zip(specs, (checkpoint, None)):
+        if weights is None and not common.is_model_file(spec):
+            warnings.warn(f"no --checkpoint: comparing the untrained model {spec} (its initialisation with seed 0)")
         trained = common.trained_model(spec, weights, data)
         trained.module.to(device)
         acc, _ = split_accuracy(trained.module, data.test, trained.mean, trained.std)
@@ -113,7 +117,7 @@ def _compare(specs: list[str], checkpoint: str | None, dataset: str, data_dir: s
     for r in rows:
         print(f"{Path(r['model']).name:<28}{100 * r['test_accuracy']:>8.2f}%{r['macs']:>14,}{r['params']:>11,}"
               f"{r['latency_ms_batch1']:>9.2f}{r['latency_ms_batch64']:>9.1f}")
-    where = f"CPU, {threads} threads" if device.type == "cpu" else str(device)
+    where = f"CPU, {threads} thread{'s' * (threads != 1)}" if device.type == "cpu" else str(device)
     print(f"speed-up: {speedup[1]:.2f}x at batch 1, {speedup[64]:.2f}x at batch 64 "
           f"(median latency, {where}, {layout} layout); MACs {dense['macs'] / pruned['macs']:.2f}x fewer")
     return 0

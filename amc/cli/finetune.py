@@ -67,8 +67,8 @@ def finetune_and_save(pruned: Any, data: Any, config: FinetuneConfig, out: str, 
                                     "arguments plus --resume") from None
         raise KeyboardInterrupt("no epoch had finished, so nothing was kept: run the same command again") from None
     if distributed.is_main():
-        print(f"fine-tuned {config.epochs} epochs: best val accuracy {100 * result.best_val_accuracy:.2f}% "
-              f"(epoch {result.best_epoch}), written to {out}", file=sys.stderr)
+        print(f"fine-tuned {config.epochs} epoch{'s' * (config.epochs != 1)}: best val accuracy "
+              f"{100 * result.best_val_accuracy:.2f}% (epoch {result.best_epoch}), written to {out}", file=sys.stderr)
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:

@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         which = (f"episode {chosen.episode} (reward rank {result.selection.chosen + 1})" if chosen.source == "amc"
                  else f"the {chosen.source} baseline's policy")
         gap = 100 * result.selection.gap
-        print(f"final policy: {which}, the best on the selection split of {n} candidates; its val accuracy is "
+        print(f"final policy: {which}, the best on the selection split of {n} candidate{'s' * (n != 1)}; its val accuracy is "
               f"{abs(gap):.2f} points {'above' if gap >= 0 else 'below'} its selection-split accuracy")
     print(f"best policy: {result.run_dir / 'best_policy.json'}")
     return 0
