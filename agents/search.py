@@ -32,6 +32,7 @@ from agents.selection import FinalSelection, select_final
 from amc.engine.budget import Budget, uniform_counts
 from amc.engine.device import resolve_device
 from amc.engine.latency import LatencyTable, fit_to_latency
+from amc.engine.pruner import ChannelPruner
 from amc.errors import AmcError, one_line
 from amc.fileio import atomic_copy, atomic_write_json
 from amc.policy import Policy
@@ -355,9 +356,21 @@ def latency_table(task: Task, folder: Path, batch_size: int = 1, channels_last: 
         except Exception as exc:  # damaged: it is a cache of a measurement, so measure again
             warnings.warn(f"{path} is damaged or from an older amc ({one_line(exc)[:80]}); "
                           "measuring the latency table again")
-    table = LatencyTable.measure(task.pruner, batch_size=batch_size, channels_last=channels_last, progress=progress)
+    table = measure_latency_table(task.pruner, batch_size, channels_last, progress=progress)
     atomic_write_json(path, table.to_dict())
     return table
+
+
+def measure_latency_table(pruner: ChannelPruner, batch_size: int = 1, channels_last: bool = False, *,
+                          progress: bool | None = None) -> LatencyTable:
+    """`LatencyTable.measure` with a progress bar on stderr (`progress` None: when stderr is a terminal)."""
+    with tqdm(desc="latency table", unit="layer", disable=None if progress is None else not progress,
+              leave=False) as bar:
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        return LatencyTable.measure(pruner, batch_size=batch_size, channels_last=channels_last, progress=advance)
 
 
 def policy_from_agent(agent_zip: str | Path, task: Task, budget: Budget) -> tuple[np.ndarray, dict[str, Any]]:

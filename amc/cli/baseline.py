@@ -32,10 +32,10 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import warnings
 
+    from agents.search import measure_latency_table  # the CLI is where amc meets its agents
     from amc.cli import common
     from amc.engine.budget import check_reachable, cost_function, uniform_counts
     from amc.engine.groups import layer_names
-    from amc.engine.latency import LatencyTable
     from amc.engine.pruner import ChannelPruner
     from amc.errors import AmcError
     from amc.policy import Policy
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         pruner = ChannelPruner(trained.module, trained.input_shape,
                                selection=args.selection or ("ls" if args.dataset else "l1"),
                                ignored=layer_names(args.ignore), channel_round=args.channel_round)
-        table = (LatencyTable.measure(pruner, batch_size=args.latency_batch, channels_last=args.latency_channels_last)
+        table = (measure_latency_table(pruner, args.latency_batch, args.latency_channels_last)
                  if budget.kind == "latency" else None)
         cost = cost_function(pruner, budget.kind, table)
         counts = uniform_counts(pruner, cost, check_reachable(pruner, cost, budget, lbound))

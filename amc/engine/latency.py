@@ -30,6 +30,7 @@ for real (`fit_to_latency`). The table is a JSON object, so a run measures it on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.utils.benchmark as benchmark
-from tqdm import tqdm
 
 from amc.engine.budget import min_counts, ratio_counts, snap_counts
 from amc.engine.groups import prune_copy
@@ -122,10 +122,11 @@ class LatencyTable:
 
     @classmethod
     def measure(cls, pruner: ChannelPruner, *, batch_size: int = 1, channels_last: bool = False, points: int = 5,
-                threads: int | None = None, min_run_time: float = 0.05, progress: bool | None = None) -> LatencyTable:
+                threads: int | None = None, min_run_time: float = 0.05,
+                progress: Callable[[int, int], None] | None = None) -> LatencyTable:
         """Time every narrowed layer at `points` widths per narrowed side on the device of the pruner's model (batch
-        `batch_size`, channels-last layout for image models if `channels_last`). A progress bar on stderr with
-        `progress` (None: when stderr is a terminal)."""
+        `batch_size`, channels-last layout for image models if `channels_last`). `progress(done, total)` is called
+        after each layer and after the whole models (e.g. to move a progress bar)."""
         threads = threads or torch.get_num_threads()
         device = next(pruner.model.parameters()).device
         modules = dict(pruner.model.named_modules())
@@ -133,10 +134,9 @@ class LatencyTable:
         names = sorted(pruner.layers, key=lambda n: pruner.layers[n].order)
         smallest = pruner.cost.widths(min_counts(pruner))
         layers = []
-        bar = tqdm(total=len(names) + 1, desc="latency table", unit="layer", disable=None if progress is None else
-                   not progress, leave=False)
+        report = progress or (lambda done, total: None)
         for i, name in enumerate(names):
-            bar.update()
+            report(i, len(names) + 1)
             if not (in_cut[i].any() or out_cut[i].any()):
                 continue  # no group narrows it: its time is part of the constant rest
             step = pruner.channel_round
@@ -164,8 +164,7 @@ class LatencyTable:
         models = [pruner.model, *(narrowed_copy(pruner, k) for k in kept)]
         dense, *measured = latencies(models, pruner.input_shape, batch_size, threads=threads, repeats=5,
                                      channels_last=channels_last, device=device)
-        bar.update()
-        bar.close()
+        report(len(names) + 1, len(names) + 1)
         raw = cls(pruner.channels.tolist(), layers, dense, batch_size, threads, channels_last)
         calibration = [(float(raw.raw(k)), m) for k, m in zip(kept, measured)]
         return cls(pruner.channels.tolist(), layers, dense, batch_size, threads, channels_last, calibration)
