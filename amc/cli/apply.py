@@ -71,8 +71,7 @@ def _apply(args: argparse.Namespace) -> int:
     else:
         recorded = policy.extra.get("selection")
     selection = choose_selection(args.selection, recorded, has_data=bool(args.dataset))
-    if args.checkpoint is None:
-        warnings.warn(f"no --checkpoint: pruning the untrained model {args.model} (its initialisation with seed 0)")
+    common.warn_if_untrained(args.model, args.checkpoint, "pruning")
     task = None
     if args.dataset:
         task = prepare_task(args.model, args.checkpoint, args.dataset, args.data_dir, image_size=args.image_size,

@@ -30,8 +30,6 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     arguments=_arguments,
 )
 def run(args: argparse.Namespace) -> int:
-    import warnings
-
     from agents.search import measure_latency_table  # the CLI is where amc meets its agents
     from amc.cli import common
     from amc.engine.budget import check_reachable, cost_function, uniform_counts
@@ -69,9 +67,7 @@ def run(args: argparse.Namespace) -> int:
         from agents.baselines import run_baseline  # the CLI is where amc meets its agents
         from amc.reward import prepare_task
 
-        if args.checkpoint is None and not common.is_model_file(args.model):
-            warnings.warn(f"no --checkpoint: scoring policies on the untrained model {args.model}")
-
+        common.warn_if_untrained(args.model, args.checkpoint, "scoring policies on")
         task = prepare_task(args.model, args.checkpoint, args.dataset, args.data_dir, image_size=args.image_size,
                             val_size=args.val_size, seed=args.seed, selection=args.selection or "ls",
                             select_size=args.select_size, reward_data=args.reward_data, ignore=args.ignore,

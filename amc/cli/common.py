@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -21,6 +22,13 @@ from amc.models.pruned import PrunedModel, read_model_info
 from amc.models.trained import TrainedModel, check_fits, load_trained_model
 
 DEFAULT_INPUT_SHAPE = (3, 32, 32)  # one input's (C, H, W) without --dataset or --input-shape
+
+
+def warn_if_untrained(spec: str, checkpoint: str | None, doing: str) -> None:
+    """Warn that `doing` (e.g. "evaluating") uses the untrained model `spec` when no checkpoint is given (a pruned-model
+    file carries its own weights)."""
+    if checkpoint is None and not is_model_file(spec):
+        warnings.warn(f"no --checkpoint: {doing} the untrained model {spec} (its initialisation with seed 0)")
 
 
 def is_model_file(spec: str) -> bool:

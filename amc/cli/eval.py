@@ -26,7 +26,6 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     arguments=_arguments,
 )
 def run(args: argparse.Namespace) -> int:
-    import warnings
 
     import torch
 
@@ -45,8 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.model:
         raise AmcError("eval needs --model MODEL (or --compare DENSE PRUNED)")
     data = load_dataset(args.dataset, args.data_dir, image_size=args.image_size)
-    if args.checkpoint is None and not common.is_model_file(args.model):
-        warnings.warn(f"no --checkpoint: evaluating the untrained model {args.model} (its initialisation with seed 0)")
+    common.warn_if_untrained(args.model, args.checkpoint, "evaluating")
     trained = common.trained_model(args.model, args.checkpoint, data)
     trained.module.to(device)
     if args.split == "test":
@@ -80,8 +78,6 @@ def run(args: argparse.Namespace) -> int:
 def _compare(specs: list[str], checkpoint: str | None, dataset: str, data_dir: str | None, image_size: int | None,
              channels_last: bool, as_json: bool, device: Any) -> int:
     """One table for a dense and a pruned model on the test split, latency as medians of repeated runs."""
-    import warnings
-
     import torch
 
     from amc.cli import common
@@ -94,8 +90,7 @@ def _compare(specs: list[str], checkpoint: str | None, dataset: str, data_dir: s
     threads = torch.get_num_threads()
     models, rows = [], []
     for spec, weights in zip(specs, (checkpoint, None)):
-        if weights is None and not common.is_model_file(spec):
-            warnings.warn(f"no --checkpoint: comparing the untrained model {spec} (its initialisation with seed 0)")
+        common.warn_if_untrained(spec, weights, "comparing")
         trained = common.trained_model(spec, weights, data)
         trained.module.to(device)
         acc, _ = split_accuracy(trained.module, data.test, trained.mean, trained.std)

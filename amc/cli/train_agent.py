@@ -56,7 +56,6 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     arguments=_arguments,
 )
 def run(args: argparse.Namespace) -> int:
-    import warnings
     from pathlib import Path
 
     from agents.search import run_search
@@ -74,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint
     if checkpoint is None and model == "digits_cnn" and dataset == "digits":
         checkpoint = str(digits_checkpoint())
-    if checkpoint is None:
-        warnings.warn(f"no --checkpoint: searching the untrained model {model}")
+    common.warn_if_untrained(model, checkpoint, "searching")
     out = args.out or str(Path("runs") / f"{Path(model).stem}-{budget.kind}{round(100 * budget.ratio)}")
     config = SearchConfig(
         model=model, checkpoint=checkpoint, dataset=dataset, data_dir=args.data_dir, image_size=args.image_size,

@@ -9,6 +9,7 @@ too large for memory (`amc.data.imagefiles`). See `load_dataset`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import pickle
@@ -332,6 +333,15 @@ def _subfolders(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
+@functools.cache
+def _image_extensions() -> frozenset[str]:
+    """The file extensions Pillow opens (lower case, with the dot)."""
+    from PIL import Image
+
+    Image.init()
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
 def _image_files(folder: Path) -> list[os.DirEntry]:
     """The image files of a class folder (`_walk_files`), chosen by extension as torchvision's ImageFolder does: the
     extensions Pillow opens. Other files (a readme.txt, a labels.csv) are skipped with a warning.
@@ -339,19 +349,15 @@ def _image_files(folder: Path) -> list[os.DirEntry]:
     Raises:
         AmcError: the folder holds no image file.
     """
-    from PIL import Image
-
-    Image.init()
-    known = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-    entries = _walk_files(folder)
-    images = [e for e in entries if os.path.splitext(e.name)[1].lower() in known]
+    images, others = [], []
+    for entry in _walk_files(folder):
+        (images if os.path.splitext(entry.name)[1].lower() in _image_extensions() else others).append(entry)
     if not images:
         raise AmcError(f"class folder {folder} has no images (image files by extension: .jpg, .png, ...); add images "
                        "or remove the folder")
-    if len(images) < len(entries):
-        other = next(e.name for e in entries if os.path.splitext(e.name)[1].lower() not in known)
-        warnings.warn(f"skipped {len(entries) - len(images)} file(s) of {folder} that are not images by their "
-                      f"extension (e.g. {other})")
+    if others:
+        warnings.warn(f"skipped {len(others)} file(s) of {folder} that are not images by their extension "
+                      f"(e.g. {others[0].name})")
     return images
 
 

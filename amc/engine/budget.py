@@ -48,12 +48,12 @@ def cost_function(pruner: ChannelPruner, kind: str, latency: CostFn | None = Non
     return latency
 
 
-def min_counts(pruner: ChannelPruner, lbound: float = 0.0) -> np.ndarray:
+def min_counts(pruner: ChannelPruner, lbound: float = 0.0, *, rounded: bool = True) -> np.ndarray:
     """The fewest channels per group a policy may keep: `lbound` of each group, at least `min_keep`, rounded up
-    to `pruner.channel_round` (see `allowed_counts`)."""
+    to `pruner.channel_round` (see `allowed_counts`; not with `rounded` False)."""
     floor = np.array([g.min_keep for g in pruner.groups], dtype=np.int64)
     low = np.maximum(floor, np.ceil(lbound * pruner.channels - 1e-9).astype(np.int64))
-    r = pruner.channel_round
+    r = pruner.channel_round if rounded else 1
     return low if r == 1 else np.minimum(-(-low // r) * r, pruner.channels)
 
 
@@ -111,8 +111,7 @@ def check_reachable(pruner: ChannelPruner, cost: CostFn, budget: Budget, lbound:
         if r > 1 and (pruner.channels <= r).all():
             raise AmcError(f"--channel-round {r} leaves no group prunable: the widest has {pruner.channels.max()} "
                            "channels and a group keeps a multiple of it or all of them; pass a smaller --channel-round")
-        unrounded = float(cost(np.maximum([g.min_keep for g in pruner.groups],
-                                          np.ceil(lbound * pruner.channels - 1e-9).astype(np.int64)))) / dense
+        unrounded = float(cost(min_counts(pruner, lbound, rounded=False))) / dense
         if r > 1 and budget.ratio >= unrounded:  # the rounding, not the lower bound, is what stands in the way
             raise AmcError(f"a {budget.kind} budget of {budget.ratio:g} cannot be met with --channel-round {r}: every "
                            f"group keeps at least {r} channels (or all of a narrower one's), so the smallest model "
